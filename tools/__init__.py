@@ -1,0 +1,1 @@
+"""chutes-wrappers: ship an existing HTTP service image as a Chute (helpers for deploy_*.py modules)."""
