@@ -1,0 +1,218 @@
+"""Start the wrapped service from the chute's startup hook, and stop it on shutdown.
+
+Chutes replaces the image's entrypoint with `chutes run`, so the service the image used to start by
+itself is started here: with the base image's own PATH and working directory (recorded when the
+wrapper image was built), its output streamed into the chute's log, and its last lines kept so that
+a service that dies at startup is reported with the reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import os
+import shlex
+import signal
+from pathlib import Path
+from typing import TYPE_CHECKING, Mapping, Sequence
+
+from loguru import logger
+
+from tools.errors import ServiceError, WrapperError
+
+if TYPE_CHECKING:
+    from chutes.chute import Chute
+
+# Written by the wrapper image's setup step: the base image's PATH and WORKDIR, as KEY=VALUE lines.
+BASE_ENV_FILE = Path("/opt/chutes-wrappers/base.env")
+# Set by `deploy.sh --run`: the service already runs on the host, so the chute only waits for it.
+EXTERNAL_ENV = "CHUTES_SERVICE_EXTERNAL"
+# The chute's own virtualenv; the service must not inherit it (it would shadow the base's packages).
+VENV_DIR = "/opt/chutes-wrappers/venv"
+
+
+def split_command(command: str | Sequence[str]) -> list[str]:
+    """ENTRYPOINT as the module gives it: a shell-like string (split with shlex) or a list."""
+    if isinstance(command, str):
+        try:
+            argv = shlex.split(command)
+        except ValueError as exc:
+            raise WrapperError(f"ENTRYPOINT {command!r} cannot be split: {exc}", "fix its quoting") from None
+    else:
+        argv = [str(part) for part in command]
+    if not argv:
+        raise WrapperError("ENTRYPOINT is empty", "set ENTRYPOINT to the command that starts the service")
+    return argv
+
+
+def read_base_env(path: Path = BASE_ENV_FILE) -> dict[str, str]:
+    """The base image's recorded PATH/WORKDIR; empty outside a wrapper image."""
+    values: dict[str, str] = {}
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return values
+    for line in lines:
+        key, sep, value = line.partition("=")
+        if sep and key.strip():
+            values[key.strip()] = value
+    return values
+
+
+def service_environment(extra: Mapping[str, str] | None = None, base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The service's environment: ours, minus the chute venv, with the base image's PATH restored."""
+    env = dict(os.environ)
+    base = read_base_env() if base is None else base
+    if base.get("PATH"):
+        env["PATH"] = base["PATH"]
+    else:
+        env["PATH"] = os.pathsep.join(
+            part for part in env.get("PATH", "").split(os.pathsep) if not part.startswith(VENV_DIR)
+        )
+    if env.get("VIRTUAL_ENV", "").startswith(VENV_DIR):
+        env.pop("VIRTUAL_ENV")
+    for key in ("PYTHONPATH", "PYTHONHOME"):
+        if env.get(key) == "/app":  # set for the chute module, not for the service
+            env.pop(key)
+    env.update({str(k): str(v) for k, v in (extra or {}).items()})
+    return env
+
+
+def _die_with_parent() -> None:
+    """In the child: get SIGTERM if the chute process dies without stopping us (Linux only)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+class ServiceLauncher:
+    """One service process: started in its own process group, logged, and stopped with its children."""
+
+    def __init__(
+        self,
+        command: str | Sequence[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        cwd: str | os.PathLike | None = None,
+        name: str = "service",
+        keep_lines: int = 40,
+    ):
+        self.argv = split_command(command)
+        self.env = env
+        self.cwd = cwd
+        self.name = name
+        self.last_lines: collections.deque[str] = collections.deque(maxlen=keep_lines)
+        self.process: asyncio.subprocess.Process | None = None
+        self._reader: asyncio.Task | None = None
+
+    @property
+    def returncode(self) -> int | None:
+        return None if self.process is None else self.process.returncode
+
+    async def start(self) -> None:
+        base = read_base_env()
+        cwd = self.cwd or base.get("WORKDIR") or None
+        logger.info(f"starting {self.name}: {shlex.join(self.argv)}" + (f" (in {cwd})" if cwd else ""))
+        try:
+            self.process = await asyncio.create_subprocess_exec(
+                *self.argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+                env=service_environment(self.env, base),
+                cwd=cwd,
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
+            )
+        except FileNotFoundError:
+            raise ServiceError(
+                f"{self.name} command not found: {self.argv[0]}",
+                "check ENTRYPOINT against the base image (its PATH is used)",
+            ) from None
+        except PermissionError:
+            raise ServiceError(f"{self.name} command is not executable: {self.argv[0]}") from None
+        self._reader = asyncio.create_task(self._pump())
+
+    async def _pump(self) -> None:
+        assert self.process and self.process.stdout
+        while True:
+            line = await self.process.stdout.readline()
+            if not line:
+                break
+            text = line.decode("utf-8", "replace").rstrip()
+            self.last_lines.append(text)
+            logger.info(f"[{self.name}] {text}")
+
+    def check_alive(self) -> None:
+        """Raise ServiceError with the service's last output if it has exited."""
+        if self.process is not None and self.process.returncode is not None:
+            tail = "\n".join(self.last_lines) or "(no output)"
+            raise ServiceError(
+                f"{self.name} exited with status {self.process.returncode} during startup; last output:\n{tail}"
+            )
+
+    async def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM the process group, SIGKILL it after `timeout`; safe to call twice."""
+        proc = self.process
+        if proc is None:
+            return
+        if proc.returncode is None:
+            for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
+                try:
+                    os.killpg(proc.pid, sig)
+                except ProcessLookupError:
+                    break
+                try:
+                    await asyncio.wait_for(proc.wait(), wait)
+                    break
+                except asyncio.TimeoutError:
+                    continue
+        if self._reader is not None:
+            try:
+                await asyncio.wait_for(self._reader, 2.0)
+            except (asyncio.TimeoutError, asyncio.CancelledError):
+                self._reader.cancel()
+        logger.info(f"{self.name} stopped (status {proc.returncode})")
+
+
+def attach_service(
+    chute: "Chute",
+    entrypoint: str | Sequence[str] | None,
+    ports: Sequence[int],
+    *,
+    timeout: float = 600,
+    env: Mapping[str, str] | None = None,
+    cwd: str | os.PathLike | None = None,
+) -> ServiceLauncher | None:
+    """Start `entrypoint` when the chute starts, wait for `ports`, stop it when the chute stops.
+
+    With no entrypoint, or with CHUTES_SERVICE_EXTERNAL=1 (the service is started by someone else,
+    as `deploy.sh --run` does on the host), the chute only waits for the ports.
+    """
+    from tools.chute_wrappers import wait_for_services
+
+    external = os.environ.get(EXTERNAL_ENV, "").strip().lower() in {"1", "true", "yes"}
+    launcher = None if (entrypoint is None or external) else ServiceLauncher(entrypoint, env=env, cwd=cwd)
+
+    @chute.on_startup(priority=10)
+    async def start_wrapped_service(self) -> None:
+        if launcher is not None:
+            await launcher.start()
+        try:
+            await wait_for_services(ports, timeout=timeout, launcher=launcher)
+        except BaseException:
+            if launcher is not None:
+                await launcher.stop()
+            raise
+
+    async def stop_wrapped_service() -> None:
+        if launcher is not None:
+            await launcher.stop()
+
+    # chutes 0.6.9 never runs `on_shutdown` hooks; the ASGI app's shutdown event does run.
+    chute.router.on_shutdown.append(stop_wrapped_service)
+
+    return launcher

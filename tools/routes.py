@@ -1,0 +1,379 @@
+"""Route records and the route manifest: parsing every manifest form, and the one filtering rule.
+
+The filtering rule (`decide_public_path`) is shared by discovery and registration, and it judges cord
+paths with the Chutes SDK's own regex, so a route it accepts can never raise `InvalidPath`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from tools.errors import ManifestError
+
+MANIFEST_VERSION = 2
+HTTP_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
+UNSERVED_METHODS = ("HEAD", "OPTIONS", "TRACE", "CONNECT")
+REQUEST_KINDS = ("json", "multipart", "form", "none")
+RESPONSE_KINDS = ("json", "binary", "text", "stream")
+
+# First path segments that belong to a web UI or framework internals, never to the service's API.
+INTERNAL_PREFIXES = (
+    "/static", "/assets", "/svelte", "/login", "/logout", "/gradio_api", "/theme",
+    "/docs", "/redoc",
+)
+_FILE_EXTENSION_RE = re.compile(r"\.[A-Za-z0-9]{1,8}$")
+_PATH_PARAM_RE = re.compile(r"\{([^}/]*)\}")
+_INVALID_CHARS_RE = re.compile(r"[^a-z0-9_\-/]")
+
+
+def sdk_path_re() -> re.Pattern:
+    """The SDK's cord path rule (`chutes.chute.cord.PATH_RE`): the single source of truth."""
+    from chutes.chute.cord import PATH_RE
+
+    return PATH_RE
+
+
+def is_valid_cord_path(path: str) -> bool:
+    """True when the SDK accepts `path` as a cord path exactly as written."""
+    return "//" not in path and bool(sdk_path_re().match(path))
+
+
+@dataclass(frozen=True)
+class Route:
+    """One upstream route of a wrapped service, and how it is exposed as a cord."""
+
+    path: str
+    method: str = "POST"
+    port: int | None = None
+    target_path: str | None = None
+    stream: bool = False
+    public_path: str | None = None
+    function_name: str | None = None
+    request_kind: str = "json"
+    file_fields: tuple[str, ...] = ()
+    response_kind: str = "json"
+    content_type: str | None = None
+    query_params: tuple[str, ...] = ()
+    path_params: tuple[str, ...] = ()
+    example: Any = None
+    source: str = "manifest"
+
+    @property
+    def upstream_path(self) -> str:
+        return self.target_path or self.path
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """Routes are the same route when path and method match (the README's merge rule)."""
+        return (self.path, self.method)
+
+    def needs_proxy(self) -> str | None:
+        """Why the SDK's JSON-only passthrough cannot carry this route, or None when it can."""
+        if self.request_kind in ("multipart", "form"):
+            return f"{self.request_kind} request body"
+        if self.response_kind in ("binary", "text"):
+            return f"{self.content_type or self.response_kind} response"
+        if self.query_params:
+            return "query parameters (" + ", ".join(self.query_params) + ")"
+        return None
+
+    def to_json(self) -> dict:
+        out: dict[str, Any] = {
+            "path": self.path,
+            "method": self.method,
+            "port": self.port,
+            "target_path": self.upstream_path,
+            "stream": self.stream,
+            "request": {"kind": self.request_kind, "file_fields": list(self.file_fields)},
+            "response": {"kind": self.response_kind, "content_type": self.content_type},
+            "query_params": list(self.query_params),
+            "path_params": list(self.path_params),
+        }
+        if self.public_path:
+            out["public_path"] = self.public_path
+        if self.function_name:
+            out["function_name"] = self.function_name
+        if self.example is not None:
+            out["example"] = self.example
+        return out
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What the filtering rule decided for one route: a public cord path, or a reason to skip."""
+
+    public_path: str | None
+    skip_reason: str | None = None
+
+
+@dataclass
+class Manifest:
+    routes: list[Route] = field(default_factory=list)
+    skipped: list[dict] = field(default_factory=list)
+    source: str | None = None
+
+    def to_json(self) -> dict:
+        return {
+            "version": MANIFEST_VERSION,
+            "routes": [route.to_json() for route in self.routes],
+            "skipped": self.skipped,
+        }
+
+
+def sanitize_path(path: str) -> str:
+    """Turn an upstream path into a candidate cord path: lowercase, no trailing slash, `_` for the rest."""
+    lowered = path.strip().lower().split("?", 1)[0]
+    segments = [seg for seg in lowered.split("/") if seg]
+    cleaned = []
+    for seg in segments:
+        seg = _INVALID_CHARS_RE.sub("_", seg)
+        if seg.startswith("-"):
+            seg = "_" + seg
+        cleaned.append(seg)
+    return "/" + "/".join(cleaned)
+
+
+def decide_public_path(path: str, method: str, public_path: str | None = None) -> Decision:
+    """The one filtering rule, used by discovery and registration alike.
+
+    Skips what a cord cannot or should not serve (path parameters, static files, the root, web-UI
+    internals, HEAD/OPTIONS); everything else gets a public path the SDK accepts, with the original
+    path kept by the caller as the upstream target.
+    """
+    method = method.upper()
+    if method in UNSERVED_METHODS:
+        return Decision(None, f"{method} is answered by the HTTP server itself, not served as a cord")
+    if method not in HTTP_METHODS:
+        return Decision(None, f"unsupported HTTP method {method!r}")
+    raw = (public_path or path or "").strip()
+    bare = raw.split("?", 1)[0]
+    if bare.rstrip("/") == "":
+        return Decision(None, "root path '/' (usually a web UI, not an API route)")
+    params = _PATH_PARAM_RE.findall(bare)
+    if params:
+        names = ", ".join("{" + name + "}" for name in params)
+        return Decision(None, f"path parameter {names}: cord paths cannot hold parameters")
+    if _FILE_EXTENSION_RE.search(bare.rstrip("/")):
+        return Decision(None, "static file (path ends in a file extension)")
+    first = "/" + bare.strip("/").split("/", 1)[0].lower()
+    if first.startswith("/__"):
+        return Decision(None, "framework-internal route (starts with /__)")
+    if first in INTERNAL_PREFIXES:
+        return Decision(None, f"web UI or framework route ({first})")
+    candidate = sanitize_path(bare)
+    if not is_valid_cord_path(candidate):
+        return Decision(None, f"cannot be made a valid cord path (got {candidate!r})")
+    return Decision(candidate)
+
+
+# --------------------------------------------------------------------------------------------------
+# Parsing: every manifest form, with errors that name the file, the route's index and the key.
+
+
+def _where(source: str, index: int | None, key: str | None = None) -> str:
+    parts = [source]
+    if index is not None:
+        parts.append(f"route {index}")
+    if key:
+        parts.append(f"key {key!r}")
+    return ": ".join(parts)
+
+
+def _port(value: Any, source: str, index: int, key: str) -> int | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool):
+        raise ManifestError(f"{_where(source, index, key)}: expected a port number, got {value!r}")
+    try:
+        port = int(value)
+    except (TypeError, ValueError):
+        raise ManifestError(
+            f"{_where(source, index, key)}: expected a port number 1-65535, got {value!r}"
+        ) from None
+    if not 1 <= port <= 65535 or (isinstance(value, float) and value != port):
+        raise ManifestError(f"{_where(source, index, key)}: port {value!r} is outside 1-65535")
+    return port
+
+
+def _str(value: Any, source: str, index: int, key: str, required: bool = False) -> str | None:
+    if value is None:
+        if required:
+            raise ManifestError(f"{_where(source, index, key)}: missing (every route needs a path)")
+        return None
+    if not isinstance(value, str):
+        raise ManifestError(f"{_where(source, index, key)}: expected a string, got {type(value).__name__}")
+    return value
+
+
+def _names(value: Any, source: str, index: int, key: str) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise ManifestError(f"{_where(source, index, key)}: expected a list, got {type(value).__name__}")
+    names = []
+    for item in value:
+        if isinstance(item, dict):  # discovery may record {"name": ..., "required": ...}
+            item = item.get("name")
+        if not isinstance(item, str) or not item:
+            raise ManifestError(f"{_where(source, index, key)}: entries must be names, got {item!r}")
+        names.append(item)
+    return tuple(names)
+
+
+def parse_route(entry: Any, source: str, index: int, origin: str = "manifest") -> Route:
+    """One route from any manifest form (seed keys, later keys, nested `cord`, v2 kinds)."""
+    if not isinstance(entry, Mapping):
+        raise ManifestError(f"{_where(source, index)}: expected an object, got {type(entry).__name__}")
+    cord = entry.get("cord") or {}
+    if not isinstance(cord, Mapping):
+        raise ManifestError(f"{_where(source, index, 'cord')}: expected an object")
+
+    def pick(*keys: str) -> tuple[str, Any]:
+        for key in keys:
+            if key in entry and entry[key] is not None:
+                return key, entry[key]
+            if key in cord and cord[key] is not None:
+                return f"cord.{key}", cord[key]
+        return keys[0], None
+
+    key, raw_path = pick("path", "public_api_path")
+    path = _str(raw_path, source, index, key, required=True)
+    if not path.startswith("/"):
+        raise ManifestError(f"{_where(source, index, key)}: must start with '/', got {path!r}")
+    key, raw_method = pick("method", "public_api_method")
+    method = _str(raw_method, source, index, key) or "POST"
+    if method.upper() not in HTTP_METHODS + UNSERVED_METHODS:
+        raise ManifestError(f"{_where(source, index, key)}: unknown HTTP method {method!r}")
+    key, raw_port = pick("port", "passthrough_port")
+    port = _port(raw_port, source, index, key)
+    key, raw_target = pick("target_path", "passthrough_path")
+    target = _str(raw_target, source, index, key)
+    if target is not None and not target.startswith("/"):
+        raise ManifestError(f"{_where(source, index, key)}: must start with '/', got {target!r}")
+    # `public_api_path` is the path itself in forms without `path`, and an explicit override otherwise.
+    has_path = entry.get("path") is not None or cord.get("path") is not None
+    key, raw_public = pick("public_path", "public_api_path") if has_path else pick("public_path")
+    public = _str(raw_public, source, index, key)
+    key, raw_stream = pick("stream")
+    if raw_stream is not None and not isinstance(raw_stream, bool):
+        raise ManifestError(f"{_where(source, index, key)}: expected true or false, got {raw_stream!r}")
+    key, raw_fn = pick("function_name")
+    function_name = _str(raw_fn, source, index, key)
+    if function_name is not None and not function_name.isidentifier():
+        raise ManifestError(f"{_where(source, index, key)}: {function_name!r} is not a valid Python name")
+
+    request = entry.get("request") or {}
+    response = entry.get("response") or {}
+    if not isinstance(request, Mapping):
+        raise ManifestError(f"{_where(source, index, 'request')}: expected an object")
+    if not isinstance(response, Mapping):
+        raise ManifestError(f"{_where(source, index, 'response')}: expected an object")
+    request_kind = request.get("kind", "json")
+    if request_kind not in REQUEST_KINDS:
+        raise ManifestError(
+            f"{_where(source, index, 'request.kind')}: {request_kind!r} is not one of {', '.join(REQUEST_KINDS)}"
+        )
+    response_kind = response.get("kind", "stream" if raw_stream else "json")
+    if response_kind not in RESPONSE_KINDS:
+        raise ManifestError(
+            f"{_where(source, index, 'response.kind')}: {response_kind!r} is not one of {', '.join(RESPONSE_KINDS)}"
+        )
+    content_type = response.get("content_type")
+    if content_type is not None and not isinstance(content_type, str):
+        raise ManifestError(f"{_where(source, index, 'response.content_type')}: expected a string")
+    return Route(
+        path=path,
+        method=method.upper(),
+        port=port,
+        target_path=target,
+        stream=bool(raw_stream) or response_kind == "stream",
+        public_path=public,
+        function_name=function_name,
+        request_kind=request_kind,
+        file_fields=_names(request.get("file_fields"), source, index, "request.file_fields"),
+        response_kind=response_kind,
+        content_type=content_type,
+        query_params=_names(entry.get("query_params"), source, index, "query_params"),
+        path_params=_names(entry.get("path_params"), source, index, "path_params"),
+        example=entry.get("example"),
+        source=origin,
+    )
+
+
+def parse_manifest(data: Any, source: str, origin: str = "manifest") -> Manifest:
+    """A manifest from decoded JSON: a bare list, or an object with `routes` (any version)."""
+    skipped: list[dict] = []
+    if isinstance(data, list):
+        entries = data
+    elif isinstance(data, Mapping):
+        if "routes" not in data:
+            raise ManifestError(f"{source}: no 'routes' key (expected a list of routes or {{\"routes\": [...]}})")
+        entries = data["routes"]
+        version = data.get("version", 1)
+        if not isinstance(version, int) or version > MANIFEST_VERSION:
+            raise ManifestError(
+                f"{source}: manifest version {version!r} is newer than this toolkit reads ({MANIFEST_VERSION}); update chutes-wrappers"
+            )
+        if not isinstance(entries, list):
+            raise ManifestError(f"{source}: 'routes' must be a list, got {type(entries).__name__}")
+        skipped = list(data.get("skipped") or [])
+    else:
+        raise ManifestError(f"{source}: expected a list of routes or an object with 'routes', got {type(data).__name__}")
+    routes = [parse_route(entry, source, index, origin) for index, entry in enumerate(entries)]
+    return Manifest(routes=routes, skipped=skipped, source=source)
+
+
+def read_manifest_file(path: str | Path) -> Manifest:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ManifestError(f"{path}: route manifest not found") from None
+    except OSError as exc:
+        raise ManifestError(f"{path}: cannot read route manifest ({exc.strerror})") from None
+    return parse_manifest(decode_json(text, str(path)), str(path))
+
+
+def decode_json(text: str, source: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ManifestError(f"{source}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+
+
+def merge_routes(primary: Iterable[Route], extra: Iterable[Route]) -> tuple[list[Route], list[Route]]:
+    """Primary routes, then each extra route whose path+method is new; returns (merged, duplicates)."""
+    merged = list(primary)
+    seen = {route.key for route in merged}
+    duplicates = []
+    for route in extra:
+        if route.key in seen:
+            duplicates.append(route)
+            continue
+        seen.add(route.key)
+        merged.append(route)
+    return merged, duplicates
+
+
+def coerce_routes(routes: Iterable[Route | Mapping], source: str = "routes") -> list[Route]:
+    """Accept Route records or plain dicts (static routes written in a module)."""
+    out = []
+    for index, route in enumerate(routes):
+        out.append(route if isinstance(route, Route) else parse_route(route, source, index, "static"))
+    return out
+
+
+def with_port(route: Route, port: int) -> Route:
+    return route if route.port is not None else replace(route, port=port)
+
+
+def write_manifest(manifest: Manifest, path: str | Path) -> None:
+    """Write atomically: a reader sees the old manifest or the new one, never half of one."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(manifest.to_json(), indent=2) + "\n", encoding="utf-8")
+    tmp.replace(path)
