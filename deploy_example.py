@@ -8,6 +8,7 @@ This file is imported by the `chutes` CLI, by deploy.sh and by the wrapped conta
 without a container engine, a GPU, network access or a Chutes account.
 """
 
+import os
 import sys
 
 from chutes.chute import Chute, NodeSelector
@@ -17,6 +18,7 @@ from tools.chute_wrappers import (
     attach_service,
     build_wrapper_image,
     load_route_manifest,
+    parse_service_ports,
     register_passthrough_routes,
     resolve_username,
 )
@@ -32,8 +34,9 @@ CHUTE_TAG = "v0.1.0"
 # built from tools/demo-service.Dockerfile (see README, "Containers").
 CHUTE_BASE_IMAGE = "chutes-wrappers-demo:latest"
 
-# Ports your service listens on inside the image; the chute waits for all of them at startup.
-SERVICE_PORTS = [8020]
+# Ports your service listens on; the chute waits for all of them at startup. Routes without a port
+# go to the first. (Here CHUTE_PORTS may override the demo's 8020, e.g. when 8020 is taken locally.)
+SERVICE_PORTS = parse_service_ports(os.environ.get("CHUTE_PORTS", "8020"))
 
 # Environment for the service: baked into the image, and passed to the container during discovery.
 CHUTE_ENV = {
@@ -47,12 +50,12 @@ ENTRYPOINT = ["python3", "/srv/demo/demo_service.py", "--host", "0.0.0.0", "--po
 
 # The command that starts the same service on this machine for `./deploy.sh --run` (host dev mode),
 # run from this file's directory. None: start the service yourself before `--run`.
-HOST_COMMAND = [sys.executable, "tools/demo_service.py", "--host", "127.0.0.1", "--port", "8020"]
+HOST_COMMAND = [sys.executable, "tools/demo_service.py", "--host", "127.0.0.1", "--port", str(SERVICE_PORTS[0])]
 
 # Routes served even when discovery finds none (services without OpenAPI). Merged with the
 # discovered manifest (deploy_example.routes.json); a discovered route with the same path+method wins.
 CHUTE_STATIC_ROUTES = [
-    {"path": "/v1/echo", "method": "POST", "port": 8020, "target_path": "/v1/echo"},
+    {"path": "/v1/echo", "method": "POST", "target_path": "/v1/echo"},
 ]
 
 # Short description shown in chute listings.

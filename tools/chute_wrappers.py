@@ -379,6 +379,10 @@ def register_passthrough_routes(
         owner.setdefault((decision.public_path, route.method), item)
         report.registered.append(item)
 
+    # deploy.sh reads these to print the cord table with example requests.
+    if not hasattr(chute, "wrapper_reports"):
+        chute.wrapper_reports = []
+    chute.wrapper_reports.append(report)
     if report.registered:
         _prune_shadowed_on_startup(chute, {item.function_name for item in report.registered})
     logger.info(report.summary())

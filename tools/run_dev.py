@@ -1,0 +1,321 @@
+"""`deploy.sh --run MODULE`: the service and the chute on this machine, in the SDK's dev mode.
+
+Starts the module's HOST_COMMAND, waits for SERVICE_PORTS, starts the real `chutes run MODULE:chute
+--dev`, waits until it answers, prints every cord with a ready-to-paste curl line, then streams both
+logs until Ctrl-C. Everything it started is stopped on Ctrl-C, SIGTERM, or when either process dies.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import importlib
+import json
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+
+from tools.errors import ServiceError, WrapperError, run_cli
+
+ROOT = Path(__file__).resolve().parent.parent
+MODULE_RE = r"^[a-z][a-z0-9_]*$"  # what `chutes run MODULE:chute` accepts (chutes' CHUTE_REF_RE)
+
+
+@dataclass
+class Cord:
+    method: str
+    public_path: str
+    upstream: str
+    stream: bool
+    example: object = None
+    note: str = ""
+
+
+# --------------------------------------------------------------------------------------------------
+# The module
+
+
+def locate_module(arg: str) -> tuple[str, Path]:
+    """`deploy_x`, `deploy_x.py` or `some/dir/deploy_x.py` -> (`deploy_x`, its directory).
+
+    A bare name is looked up beside deploy.sh; a path may point anywhere.
+    """
+    import re
+
+    path = Path(arg)
+    name = path.name[:-3] if path.name.endswith(".py") else path.name
+    directory = path.parent.resolve() if ("/" in arg) else ROOT
+    if not re.match(MODULE_RE, name):
+        raise WrapperError(
+            f"{arg!r} is not a deploy module name",
+            "use the file name without .py, lowercase letters, digits and '_', e.g. deploy_example",
+        )
+    if not (directory / f"{name}.py").is_file():
+        raise WrapperError(f"no module {name}.py in {directory}", "copy deploy_example.py to start one")
+    return name, directory
+
+
+def import_module(name: str, directory: Path = ROOT) -> ModuleType:
+    """Import a deploy module quietly; any failure becomes one line naming the module."""
+    from loguru import logger
+
+    for entry in (str(ROOT), str(directory)):
+        if entry not in sys.path:
+            sys.path.insert(0, entry)
+    logger.remove()
+    sink = logger.add(sys.stderr, level="WARNING", format="{message}")
+    try:
+        return importlib.import_module(name)
+    except WrapperError:
+        raise
+    except SyntaxError as exc:
+        raise WrapperError(f"{name}.py line {exc.lineno}: {exc.msg}") from None
+    except Exception as exc:  # the module is user code: anything can happen at import
+        raise WrapperError(f"cannot import {name}.py: {type(exc).__name__}: {exc}") from None
+    finally:
+        logger.remove(sink)
+
+
+def cords_of(module: ModuleType) -> list[Cord]:
+    chute = getattr(module, "chute", None)
+    if chute is None or not hasattr(chute, "cords"):
+        raise WrapperError(f"{module.__name__}.py defines no `chute`", "create one with chutes.chute.Chute(...)")
+    routes = {}
+    for report in getattr(chute, "wrapper_reports", []):
+        for item in report.registered:
+            routes[item.function_name] = item
+    cords = []
+    for cord in chute.cords:
+        item = routes.get(cord._func.__name__)
+        upstream = f":{cord._passthrough_port}{cord.passthrough_path}" if cord._passthrough else "module code"
+        cords.append(
+            Cord(
+                method=(cord._public_api_method or "POST").upper(),
+                public_path=cord.public_api_path or cord.path,
+                upstream=upstream,
+                stream=bool(cord._stream),
+                example=item.route.example if item else None,
+                note=(f"needs a proxy cord: {item.route.needs_proxy()}" if item and item.route.needs_proxy() else ""),
+            )
+        )
+    return cords
+
+
+def curl_line(base_url: str, cord: Cord) -> str:
+    parts = ["curl", "-sS"]
+    if cord.stream:
+        parts.append("-N")
+    if cord.method != "GET":
+        parts += ["-X", cord.method]
+    parts.append(base_url + cord.public_path)
+    if cord.method in ("POST", "PUT", "PATCH"):
+        parts += ["-H", "Content-Type: application/json", "-d", json.dumps(cord.example or {})]
+    return shlex.join(parts)
+
+
+def cord_table(base_url: str, cords: list[Cord]) -> str:
+    width = max((len(c.public_path) for c in cords), default=10)
+    lines = [f"{len(cords)} cord(s) at {base_url}:"]
+    for cord in cords:
+        kind = "stream" if cord.stream else ""
+        lines.append(f"  {cord.method:<6} {cord.public_path:<{width}}  -> {cord.upstream} {kind}".rstrip())
+        if cord.note:
+            lines.append(f"         ({cord.note})")
+        lines.append(f"         {curl_line(base_url, cord)}")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------------
+# Processes
+
+
+def port_in_use(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.2)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+class Child:
+    """A child process in its own process group, its output echoed with a prefix and remembered."""
+
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], cwd: Path):
+        self.name = name
+        self.tail: collections.deque[str] = collections.deque(maxlen=30)
+        try:
+            self.proc = subprocess.Popen(
+                argv,
+                cwd=cwd,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            raise ServiceError(f"cannot start {name} ({argv[0]}): {exc.strerror or exc}") from None
+        self._thread = threading.Thread(target=self._pump, daemon=True)
+        self._thread.start()
+
+    def _pump(self) -> None:
+        assert self.proc.stdout is not None
+        for raw in self.proc.stdout:
+            line = raw.decode("utf-8", "replace").rstrip()
+            self.tail.append(line)
+            print(f"[{self.name}] {line}", flush=True)
+
+    def exited(self) -> bool:
+        return self.proc.poll() is not None
+
+    def failure(self) -> ServiceError:
+        tail = "\n".join(self.tail) or "(no output)"
+        return ServiceError(f"{self.name} exited with status {self.proc.returncode}; last output:\n{tail}")
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.proc.poll() is None:
+            for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
+                try:
+                    os.killpg(self.proc.pid, sig)
+                except ProcessLookupError:
+                    break
+                try:
+                    self.proc.wait(wait)
+                    break
+                except subprocess.TimeoutExpired:
+                    continue
+        else:  # the leader is gone; its group may not be
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        self._thread.join(2.0)
+
+
+def wait_until(ready, child: Child, timeout: float, what: str, stop: threading.Event) -> None:
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if child.exited():
+            raise child.failure()
+        if stop.is_set():
+            raise KeyboardInterrupt
+        if time.monotonic() > deadline:
+            raise ServiceError(f"{what} did not answer within {timeout:g}s", "see its log above")
+        time.sleep(0.1)
+
+
+def http_answers(url: str) -> bool:
+    try:
+        urllib.request.urlopen(url, timeout=1).close()
+    except urllib.error.HTTPError:
+        return True  # any HTTP status means the server is up
+    except (urllib.error.URLError, OSError):
+        return False
+    return True
+
+
+def chutes_executable() -> str:
+    candidate = Path(sys.executable).with_name("chutes")
+    if candidate.exists():
+        return str(candidate)
+    import shutil
+
+    found = shutil.which("chutes")
+    if not found:
+        raise WrapperError("the chutes CLI is not installed", "run ./setup.sh")
+    return found
+
+
+# --------------------------------------------------------------------------------------------------
+
+
+def run(args: argparse.Namespace) -> int:
+    name, directory = locate_module(args.module)
+    module = import_module(name, directory)
+    ports = [int(p) for p in getattr(module, "SERVICE_PORTS", None) or []]
+    if not ports:
+        raise WrapperError(f"{name}.py has no SERVICE_PORTS", "set SERVICE_PORTS = [<port the service listens on>]")
+    host_command = getattr(module, "HOST_COMMAND", None)
+    cords = cords_of(module)
+    port = args.port
+    logging_port = args.logging_port or port + 1
+    start_service = host_command is not None and not args.no_service
+
+    for taken, why in [(port, "chute port (--port)"), (logging_port, "chute logging port")] + (
+        [(p, f"service port of {name}") for p in ports] if start_service else []
+    ):
+        if port_in_use(taken):
+            raise WrapperError(
+                f"port {taken} ({why}) is already in use",
+                "stop what listens there, or pick another port" + (" with --port" if taken == port else ""),
+            )
+
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+
+    env = dict(os.environ)
+    children: list[Child] = []
+    try:
+        if start_service:
+            argv = shlex.split(host_command) if isinstance(host_command, str) else [str(a) for a in host_command]
+            print(f"starting service: {shlex.join(argv)}", flush=True)
+            service = Child("service", argv, env, directory)
+            children.append(service)
+            wait_until(lambda: all(port_in_use(p) for p in ports), service, args.timeout, "the service", stop)
+        elif not all(port_in_use(p) for p in ports):
+            closed = ", ".join(str(p) for p in ports if not port_in_use(p))
+            raise WrapperError(
+                f"nothing listens on service port(s) {closed}",
+                f"start the service first, or set HOST_COMMAND in {name}.py",
+            )
+
+        pythonpath = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+        chute_env = dict(env, CHUTES_EXECUTION_CONTEXT="REMOTE", CHUTES_SERVICE_EXTERNAL="1", PYTHONPATH=pythonpath)
+        argv = [chutes_executable(), "run", f"{name}:chute", "--dev", "--host", "127.0.0.1", "--port", str(port),
+                "--logging-port", str(logging_port)]
+        print(f"starting chute: {shlex.join(argv[1:])}", flush=True)
+        chute = Child("chute", argv, chute_env, directory)
+        children.append(chute)
+        base_url = f"http://127.0.0.1:{port}"
+        wait_until(lambda: http_answers(base_url + "/"), chute, args.timeout, "the chute", stop)
+
+        print("\n" + cord_table(base_url, cords) + "\n", flush=True)
+        print("ready: streaming logs, Ctrl-C stops the chute and the service", flush=True)
+        if args.exit_when_ready:
+            return 0
+        while not stop.is_set():
+            for child in children:
+                if child.exited():
+                    raise child.failure()
+            stop.wait(0.2)
+        print("stopping...", flush=True)
+        return 130
+    finally:
+        for child in reversed(children):
+            child.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="deploy.sh --run", description=__doc__.splitlines()[0])
+    parser.add_argument("module", help="deploy module, e.g. deploy_example")
+    parser.add_argument("--port", type=int, default=8000, help="chute port (default 8000)")
+    parser.add_argument("--logging-port", type=int, default=None, help="chute logging port (default port+1)")
+    parser.add_argument("--no-service", action="store_true", help="do not start HOST_COMMAND; use the running service")
+    parser.add_argument("--timeout", type=float, default=120, help="seconds to wait for the service and the chute")
+    parser.add_argument("--exit-when-ready", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    args = parser.parse_args(argv)
+    run_cli(lambda: run(args), debug=args.debug, prog="deploy.sh --run")
+
+
+if __name__ == "__main__":
+    main()
