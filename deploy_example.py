@@ -58,6 +58,12 @@ CHUTE_STATIC_ROUTES = [
     {"path": "/v1/echo", "method": "POST", "target_path": "/v1/echo"},
 ]
 
+# Per-route overrides, keyed "METHOD /path" as in the manifest: force "passthrough" or "proxy",
+# name file fields and their content type, set a timeout in seconds. Usually not needed.
+CHUTE_ROUTE_OVERRIDES = {
+    "POST /inference": {"file_fields": {"file": "audio/wav"}, "timeout": 300},
+}
+
 # Short description shown in chute listings.
 CHUTE_TAGLINE = "chutes-wrappers demo: TTS-like, STT-like and JSON routes"
 
@@ -75,8 +81,16 @@ chute = Chute(
 # GET /health on the chute reports each service port.
 add_health_cord(chute, SERVICE_PORTS)
 
-# One cord per route of the manifest and CHUTE_STATIC_ROUTES; skipped routes are logged with a reason.
-register_passthrough_routes(chute, load_route_manifest(static_routes=CHUTE_STATIC_ROUTES), SERVICE_PORTS[0])
+# One cord per route of the manifest and CHUTE_STATIC_ROUTES: SDK passthrough for JSON, a proxy cord
+# for uploads, binary/text answers and query strings; POST /proxy reaches routes with path parameters.
+# Skipped routes are logged with the reason.
+register_passthrough_routes(
+    chute,
+    load_route_manifest(static_routes=CHUTE_STATIC_ROUTES),
+    SERVICE_PORTS[0],
+    overrides=CHUTE_ROUTE_OVERRIDES,
+    catch_all="/proxy",
+)
 
 # Start ENTRYPOINT when the chute starts, wait for SERVICE_PORTS, stop it when the chute stops.
 attach_service(chute, ENTRYPOINT, SERVICE_PORTS, timeout=600)

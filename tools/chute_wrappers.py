@@ -20,6 +20,7 @@ from loguru import logger
 from tools.errors import ManifestError, WrapperError
 from tools.launcher import ServiceLauncher, attach_service
 from tools.routes import (
+    UNSERVED_METHODS,
     Manifest,
     Route,
     coerce_routes,
@@ -49,6 +50,7 @@ __all__ = [
 ]
 
 DEFAULT_PORTS = (8020, 8080)
+DEFAULT_TIMEOUT = 600.0  # seconds a proxy cord waits for the service
 PLACEHOLDER_USERNAME = "chutes-user"
 _TRUE = {"1", "true", "yes", "on"}
 _TOOLS_DIR = Path(__file__).resolve().parent
@@ -266,19 +268,24 @@ class RegisteredRoute:
     public_path: str
     function_name: str
     port: int
+    mode: str = "passthrough"  # or "proxy"
 
 
 @dataclass
 class RegistrationReport:
     registered: list[RegisteredRoute] = field(default_factory=list)
     skipped: list[tuple[Route, str]] = field(default_factory=list)
+    catch_all: tuple[str, list[str]] | None = None
 
     def summary(self) -> str:
         parts = [f"registered {len(self.registered)} route(s)"]
         if self.registered:
             parts[0] += ": " + ", ".join(
-                f"{item.route.method} {item.public_path}" for item in self.registered
+                f"{item.route.method} {item.public_path}" + (" (proxy)" if item.mode == "proxy" else "")
+                for item in self.registered
             )
+        if self.catch_all:
+            parts.append(f"catch-all POST {self.catch_all[0]} for {len(self.catch_all[1])} route template(s)")
         if self.skipped:
             parts.append(
                 f"skipped {len(self.skipped)}: "
@@ -312,26 +319,49 @@ def register_passthrough_routes(
     chute: "Chute",
     routes: Iterable[Route | Mapping],
     default_port: int,
+    *,
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+    catch_all: str | None = None,
+    upstream_error_status: int | None = 502,
+    timeout: float = DEFAULT_TIMEOUT,
 ) -> RegistrationReport:
-    """Register every route as an SDK passthrough cord; skip what cannot be a cord, with the reason.
+    """Register a cord for every route; skip what cannot be a cord, with the reason.
+
+    JSON-in/JSON-out routes (and streams) become SDK passthrough cords; routes with an upload, a form,
+    a binary or text answer, or query parameters become proxy cords (tools.proxy) that carry them.
+    `overrides` maps "METHOD /path" to {"mode": "passthrough"|"proxy", "timeout": s, "file_fields":
+    {name: content_type}}. `catch_all` (e.g. "/proxy") adds one cord that reaches routes with path
+    parameters, strictly by the manifest's templates. `upstream_error_status` is the status a proxy
+    cord answers when the service answers 5xx (None: pass the service's status through).
 
     Never raises InvalidPath or DuplicatePath: public paths are judged with the SDK's own rule, internal
     paths and function names are unique, GET and POST on one path both register, one path on two
     ports is served as `/<port>/<path>` for the later port, and a route the module serves with its
     own cord is left to the module (also when the module's cord is defined after this call).
     """
+    from tools.proxy import RouteOptions, Target, Template, make_handler
+
     report = RegistrationReport()
     taken_keys = _module_cord_keys(chute)
     module_keys = set(taken_keys)
     owner: dict[tuple[str, str], RegisteredRoute] = {}
     used_names = {cord._func.__name__ for cord in chute.cords if getattr(cord, "_func", None)}
     used_names |= {cord.path.lstrip("/") for cord in chute.cords if cord.path}
+    routes = coerce_routes(routes)
+    options = _parse_overrides(overrides, routes)
+    templates: list[Template] = []
 
-    for route in coerce_routes(routes):
+    for route in routes:
         port = route.port if route.port is not None else int(default_port)
+        opts = options.get(route.key, RouteOptions())
+        target = Target(route, port, opts.timeout or timeout, opts.file_fields, upstream_error_status)
         decision = decide_public_path(route.path, route.method, route.public_path)
         if decision.skip_reason:
-            report.skipped.append((route, decision.skip_reason))
+            if catch_all and "{" in route.path and route.method not in UNSERVED_METHODS:
+                templates.append(Template.of(target))
+                report.skipped.append((route, f"{decision.skip_reason}; reachable through {catch_all}"))
+            else:
+                report.skipped.append((route, decision.skip_reason))
             continue
         public = decision.public_path
         key = (public, route.method)
@@ -352,32 +382,38 @@ def register_passthrough_routes(
         base, suffix = name, 2
         while name in used_names:
             name, suffix = f"{base}_{suffix}", suffix + 1
-        kind = route.needs_proxy()
-        if kind:
-            logger.warning(
-                f"{route.method} {route.path} has a {kind}: the SDK passthrough carries JSON only, "
-                "so this cord fails until it is served by a proxy cord"
-            )
+        mode = opts.mode
+        if mode == "auto":
+            mode = "proxy" if route.needs_proxy() or opts.file_fields else "passthrough"
         cord = chute.cord(
             path=f"/{name}",
             public_api_path=public,
             public_api_method=route.method,
             method=route.method,
-            passthrough=True,
+            passthrough=mode == "passthrough",
             passthrough_port=port,
             stream=route.stream,
             output_content_type=route.content_type
             or ("text/event-stream" if route.stream else "application/json"),
         )
-        # The SDK's passthrough_path setter lowercases nothing but rejects what PATH_RE rejects and
-        # strips trailing slashes; the upstream target must stay exactly as the service declares it.
-        cord._passthrough_path = route.upstream_path
+        if mode == "passthrough":
+            # The SDK's passthrough_path setter rejects what PATH_RE rejects and strips trailing
+            # slashes; the upstream target must stay exactly as the service declares it.
+            cord._passthrough_path = route.upstream_path
         cord(_passthrough_stub(name))
+        if mode == "proxy":
+            # Chute.initialize() mounts `cord._request_handler`: ours carries what the SDK's cannot.
+            cord._request_handler = make_handler(chute, target)
         used_names.add(name)
         taken_keys.add(key)
-        item = RegisteredRoute(route, public, name, port)
+        item = RegisteredRoute(route, public, name, port, mode)
         owner.setdefault((decision.public_path, route.method), item)
         report.registered.append(item)
+        if catch_all:
+            templates.append(Template.of(target))
+
+    if catch_all and templates:
+        _register_catch_all(chute, catch_all, templates, used_names, taken_keys, report)
 
     # deploy.sh reads these to print the cord table with example requests.
     if not hasattr(chute, "wrapper_reports"):
@@ -387,6 +423,42 @@ def register_passthrough_routes(
         _prune_shadowed_on_startup(chute, {item.function_name for item in report.registered})
     logger.info(report.summary())
     return report
+
+
+def _parse_overrides(overrides, routes: list[Route]) -> dict[tuple[str, str], Any]:
+    """"METHOD /path" -> RouteOptions; a key that names no route is an error (a typo would do nothing)."""
+    from tools.proxy import RouteOptions
+
+    parsed = {}
+    known = {route.key for route in routes}
+    for raw_key, raw in (overrides or {}).items():
+        method, _, path = str(raw_key).strip().partition(" ")
+        key = (path.strip(), method.upper())
+        if key not in known:
+            raise ManifestError(
+                f"CHUTE_ROUTE_OVERRIDES[{raw_key!r}]: no such route",
+                "keys are 'METHOD /path' as in the manifest, e.g. 'POST /inference'",
+            )
+        parsed[key] = RouteOptions.parse(str(raw_key), raw)
+    return parsed
+
+
+def _register_catch_all(chute, public_path, templates, used_names, taken_keys, report) -> None:
+    from tools.proxy import make_catch_all_handler
+
+    decision = decide_public_path(public_path, "POST")
+    if decision.skip_reason or (decision.public_path, "POST") in taken_keys:
+        raise WrapperError(
+            f"catch-all path {public_path!r} cannot be used",
+            decision.skip_reason or "another cord serves it; pick another path",
+        )
+    name = "wrap_catch_all"
+    while name in used_names:
+        name += "_"
+    cord = chute.cord(path=f"/{name}", public_api_path=decision.public_path, public_api_method="POST", method="POST")
+    cord(_passthrough_stub(name))
+    cord._request_handler = make_catch_all_handler(chute, templates)
+    report.catch_all = (decision.public_path, [t.label for t in templates])
 
 
 def _prune_shadowed_on_startup(chute: "Chute", ours: set[str]) -> None:

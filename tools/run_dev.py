@@ -38,7 +38,8 @@ class Cord:
     upstream: str
     stream: bool
     example: object = None
-    note: str = ""
+    file_fields: tuple[str, ...] = ()
+    binary_type: str | None = None  # content type of a binary answer: curl writes it to a file
 
 
 # --------------------------------------------------------------------------------------------------
@@ -90,25 +91,48 @@ def cords_of(module: ModuleType) -> list[Cord]:
     chute = getattr(module, "chute", None)
     if chute is None or not hasattr(chute, "cords"):
         raise WrapperError(f"{module.__name__}.py defines no `chute`", "create one with chutes.chute.Chute(...)")
-    routes = {}
+    routes, catch_all = {}, None
     for report in getattr(chute, "wrapper_reports", []):
         for item in report.registered:
             routes[item.function_name] = item
+        catch_all = report.catch_all or catch_all
     cords = []
     for cord in chute.cords:
         item = routes.get(cord._func.__name__)
-        upstream = f":{cord._passthrough_port}{cord.passthrough_path}" if cord._passthrough else "module code"
+        public = cord.public_api_path or cord.path
+        if item:
+            upstream = f":{item.port}{item.route.upstream_path}" + (" (proxy)" if item.mode == "proxy" else "")
+        elif catch_all and public == catch_all[0]:
+            upstream = "catch-all: " + ", ".join(label for label in catch_all[1] if "{" in label)
+        else:
+            upstream = "module code"
+        example = item.route.example if item else None
+        if catch_all and public == catch_all[0]:
+            example = _catch_all_example(catch_all[1])
         cords.append(
             Cord(
                 method=(cord._public_api_method or "POST").upper(),
-                public_path=cord.public_api_path or cord.path,
+                public_path=public,
                 upstream=upstream,
                 stream=bool(cord._stream),
-                example=item.route.example if item else None,
-                note=(f"needs a proxy cord: {item.route.needs_proxy()}" if item and item.route.needs_proxy() else ""),
+                example=example,
+                file_fields=item.route.file_fields if item else (),
+                binary_type=item.route.content_type if item and item.route.response_kind == "binary" else None,
             )
         )
     return cords
+
+
+def _catch_all_example(labels: list[str]) -> dict:
+    """A call of the first templated route, with its parameters spelled as placeholders."""
+    import re
+
+    for label in labels:
+        method, _, path = label.partition(" ")
+        if "{" in path:
+            return {"method": method, "path": re.sub(r"\{([^}]+)\}", lambda m: m.group(1).upper(), path)}
+    method, _, path = labels[0].partition(" ")
+    return {"method": method, "path": path}
 
 
 def curl_line(base_url: str, cord: Cord) -> str:
@@ -118,9 +142,18 @@ def curl_line(base_url: str, cord: Cord) -> str:
     if cord.method != "GET":
         parts += ["-X", cord.method]
     parts.append(base_url + cord.public_path)
-    if cord.method in ("POST", "PUT", "PATCH"):
-        parts += ["-H", "Content-Type: application/json", "-d", json.dumps(cord.example or {})]
-    return shlex.join(parts)
+    if cord.binary_type:
+        from tools.proxy import extension_for
+
+        parts += ["-o", "response" + (extension_for(cord.binary_type) or ".bin")]
+    if cord.method not in ("POST", "PUT", "PATCH"):
+        return shlex.join(parts)
+    parts += ["-H", "Content-Type: application/json"]
+    if cord.file_fields:
+        # the file goes base64-encoded in the JSON: let the shell do it
+        fields = ", ".join(f'\\"{name}_base64\\": \\"$(base64 -w0 FILE)\\"' for name in cord.file_fields)
+        return shlex.join(parts) + ' -d "{' + fields + '}"'
+    return shlex.join(parts + ["-d", json.dumps(cord.example or {})])
 
 
 def cord_table(base_url: str, cords: list[Cord]) -> str:
@@ -129,8 +162,6 @@ def cord_table(base_url: str, cords: list[Cord]) -> str:
     for cord in cords:
         kind = "stream" if cord.stream else ""
         lines.append(f"  {cord.method:<6} {cord.public_path:<{width}}  -> {cord.upstream} {kind}".rstrip())
-        if cord.note:
-            lines.append(f"         ({cord.note})")
         lines.append(f"         {curl_line(base_url, cord)}")
     return "\n".join(lines)
 

@@ -85,8 +85,9 @@ def test_example_runs_on_the_demo_service_and_every_json_cord_answers(run_dev):
 
     # the cord table with ready-to-paste curl lines, and the reported limitations
     assert f"curl -sS -X POST http://127.0.0.1:{run.port}/v1/echo -H 'Content-Type: application/json'" in out
-    assert "/tts_to_audio" in out and "needs a proxy cord: audio/wav response" in out
-    assert "GET /v1/models/{model_id} (path parameter {model_id}" in out
+    assert f"POST   /tts_to_audio" in out and f":{service_port}/tts_to_audio/ (proxy)" in out
+    assert f"curl -sS -X POST http://127.0.0.1:{run.port}/tts_to_audio -o response.wav" in out
+    assert "GET /v1/models/{model_id} (path parameter {model_id}" in out and "reachable through /proxy" in out
 
     health = requests.get(run.url("/health"), timeout=10)
     assert health.status_code == 200
@@ -103,7 +104,7 @@ def test_example_runs_on_the_demo_service_and_every_json_cord_answers(run_dev):
 
     with requests.post(run.url("/v1/stream"), json={"count": 3}, stream=True, timeout=10) as stream:
         assert stream.status_code == 200
-        events = [line for line in stream.iter_lines(decode_unicode=True) if line.startswith("data: ")]
+        events = [line.decode() for line in stream.iter_lines() if line.startswith(b"data: ")]
     assert len(events) == 4 and events[-1] == "data: [DONE]"
     assert json.loads(events[0][6:])["index"] == 0
 

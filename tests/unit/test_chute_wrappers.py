@@ -138,15 +138,62 @@ def test_function_name_collisions_get_suffixes_and_given_names_are_used():
     assert names == ["wrap_post_a_b", "wrap_post_a_b_2", "tts"]
 
 
-def test_routes_needing_a_proxy_still_register_and_warn(caplog_loguru):
+def test_routes_are_passthrough_or_proxy_by_their_kinds():
     chute = make_chute()
     report = cw.register_passthrough_routes(
         chute,
-        [Route("/inference", "POST", 8020, request_kind="multipart", file_fields=("file",))],
+        [
+            Route("/inference", "POST", 8020, request_kind="multipart", file_fields=("file",)),
+            Route("/tts_to_audio/", "POST", 8020, response_kind="binary", content_type="audio/wav"),
+            Route("/v1/models", "GET", 8020, request_kind="none", query_params=("limit",)),
+            Route("/v1/text", "GET", 8020, request_kind="none", response_kind="text", content_type="text/plain"),
+            Route("/v1/echo", "POST", 8020),
+            Route("/v1/stream", "POST", 8020, stream=True, response_kind="stream"),
+            Route("/health", "GET", 8020, request_kind="none"),
+        ],
         8020,
     )
-    assert len(report.registered) == 1
-    assert any("multipart" in message for message in caplog_loguru)
+    modes = {item.route.path: item.mode for item in report.registered}
+    assert modes == {
+        "/inference": "proxy", "/tts_to_audio/": "proxy", "/v1/models": "proxy", "/v1/text": "proxy",
+        "/v1/echo": "passthrough", "/v1/stream": "passthrough", "/health": "passthrough",
+    }
+    proxied = {c.public_api_path: c for c in chute.cords if not c._passthrough}
+    # a proxy cord's handler is ours, not the SDK's bound method
+    assert all(getattr(c._request_handler, "__self__", None) is not c for c in proxied.values())
+    assert "(proxy)" in report.summary()
+
+
+def test_overrides_force_modes_and_unknown_override_keys_are_errors():
+    chute = make_chute()
+    report = cw.register_passthrough_routes(
+        chute,
+        [Route("/v1/echo", "POST", 8020), Route("/v1/text", "GET", 8020, response_kind="text")],
+        8020,
+        overrides={"POST /v1/echo": {"mode": "proxy", "timeout": 5}, "GET /v1/text": {"mode": "passthrough"}},
+    )
+    assert {item.route.path: item.mode for item in report.registered} == {"/v1/echo": "proxy", "/v1/text": "passthrough"}
+    with pytest.raises(ManifestError, match="no such route"):
+        cw.register_passthrough_routes(make_chute(), [Route("/a")], 8020, overrides={"POST /b": {"mode": "proxy"}})
+    with pytest.raises(ManifestError, match="key 'mode'"):
+        cw.register_passthrough_routes(make_chute(), [Route("/a")], 8020, overrides={"POST /a": {"mode": "fast"}})
+    with pytest.raises(ManifestError, match="key 'timeout'"):
+        cw.register_passthrough_routes(make_chute(), [Route("/a")], 8020, overrides={"POST /a": {"timeout": -1}})
+
+
+def test_catch_all_collects_path_parameter_templates():
+    chute = make_chute()
+    report = cw.register_passthrough_routes(
+        chute,
+        [Route("/v1/models/{model_id}", "GET", 8020, request_kind="none"), Route("/v1/echo", "POST", 8020)],
+        8020,
+        catch_all="/proxy",
+    )
+    assert report.catch_all == ("/proxy", ["GET /v1/models/{model_id}", "POST /v1/echo"])
+    assert "reachable through /proxy" in report.skipped[0][1]
+    assert ("POST", "/proxy") in [(c._public_api_method, c.public_api_path) for c in chute.cords]
+    with pytest.raises(WrapperError, match="catch-all path"):
+        cw.register_passthrough_routes(make_chute(), [Route("/v1/echo")], 8020, catch_all="/Bad/{x}")
 
 
 def test_summary_lists_registered_and_skipped_with_reasons():
