@@ -458,7 +458,7 @@ def _register_catch_all(chute, public_path, templates, used_names, taken_keys, r
     cord = chute.cord(path=f"/{name}", public_api_path=decision.public_path, public_api_method="POST", method="POST")
     cord(_passthrough_stub(name))
     cord._request_handler = make_catch_all_handler(chute, templates)
-    report.catch_all = (decision.public_path, [t.label for t in templates])
+    report.catch_all = (decision.public_path, list(dict.fromkeys(t.label for t in templates)))
 
 
 def _prune_shadowed_on_startup(chute: "Chute", ours: set[str]) -> None:

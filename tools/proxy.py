@@ -420,7 +420,7 @@ def check_proxy_path(path: Any) -> str:
         raise BadRequest(f"path: longer than {MAX_PROXY_PATH} characters")
     if not path.startswith("/") or path.startswith("//") or "://" in path:
         raise BadRequest("path: must be an absolute path on the service, like /v1/models/x")
-    if any(ch in path for ch in "\r\n\t\\@?#%") or any(ord(ch) < 0x20 or ord(ch) > 0x7e for ch in path):
+    if any(ch in path for ch in "\r\n\t\\@?#%") or any(ord(ch) <= 0x20 or ord(ch) > 0x7e for ch in path):
         raise BadRequest("path: contains a character that is not allowed (control, space, \\, @, ?, #, %)")
     segments = path.strip("/").split("/")
     if any(segment in ("", ".", "..") for segment in segments[:-1]) or segments[-1] in (".", ".."):
@@ -429,7 +429,7 @@ def check_proxy_path(path: Any) -> str:
 
 
 def match_template(templates: list[Template], method: str, path: str) -> tuple[Template | None, list[str]]:
-    allowed = [t.label for t in templates]
+    allowed = list(dict.fromkeys(t.label for t in templates))
     for template in templates:
         if template.route.method != method:
             continue
