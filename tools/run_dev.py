@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import importlib
 import json
 import os
@@ -24,6 +25,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
+from typing import Iterator
 
 from tools.errors import ServiceError, WrapperError, run_cli
 
@@ -179,8 +181,9 @@ def port_in_use(port: int) -> bool:
 class Child:
     """A child process in its own process group, its output echoed with a prefix and remembered."""
 
-    def __init__(self, name: str, argv: list[str], env: dict[str, str], cwd: Path):
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], cwd: Path, echo: bool = True):
         self.name = name
+        self.echo = echo
         self.tail: collections.deque[str] = collections.deque(maxlen=30)
         try:
             self.proc = subprocess.Popen(
@@ -202,7 +205,8 @@ class Child:
         for raw in self.proc.stdout:
             line = raw.decode("utf-8", "replace").rstrip()
             self.tail.append(line)
-            print(f"[{self.name}] {line}", flush=True)
+            if self.echo:
+                print(f"[{self.name}] {line}", flush=True)
 
     def exited(self) -> bool:
         return self.proc.poll() is not None
@@ -268,7 +272,26 @@ def chutes_executable() -> str:
 # --------------------------------------------------------------------------------------------------
 
 
-def run(args: argparse.Namespace) -> int:
+@dataclass
+class Stack:
+    """A running service (maybe) and chute, as `dev_stack` started them."""
+
+    module: ModuleType
+    base_url: str
+    cords: list[Cord]
+    children: list[Child]
+    stop: threading.Event
+
+    def check(self) -> None:
+        """Raise with the last output of a child that died."""
+        for child in self.children:
+            if child.exited():
+                raise child.failure()
+
+
+@contextlib.contextmanager
+def dev_stack(args: argparse.Namespace, quiet: bool = False) -> Iterator[Stack]:
+    """Start the module's service (HOST_COMMAND) and `chutes run --dev`; stop both on the way out."""
     name, directory = locate_module(args.module)
     module = import_module(name, directory)
     ports = [int(p) for p in getattr(module, "SERVICE_PORTS", None) or []]
@@ -299,7 +322,7 @@ def run(args: argparse.Namespace) -> int:
         if start_service:
             argv = shlex.split(host_command) if isinstance(host_command, str) else [str(a) for a in host_command]
             print(f"starting service: {shlex.join(argv)}", flush=True)
-            service = Child("service", argv, env, directory)
+            service = Child("service", argv, env, directory, echo=not quiet)
             children.append(service)
             wait_until(lambda: all(port_in_use(p) for p in ports), service, args.timeout, "the service", stop)
         elif not all(port_in_use(p) for p in ports):
@@ -314,36 +337,42 @@ def run(args: argparse.Namespace) -> int:
         argv = [chutes_executable(), "run", f"{name}:chute", "--dev", "--host", "127.0.0.1", "--port", str(port),
                 "--logging-port", str(logging_port)]
         print(f"starting chute: {shlex.join(argv[1:])}", flush=True)
-        chute = Child("chute", argv, chute_env, directory)
+        chute = Child("chute", argv, chute_env, directory, echo=not quiet)
         children.append(chute)
         base_url = f"http://127.0.0.1:{port}"
         wait_until(lambda: http_answers(base_url + "/"), chute, args.timeout, "the chute", stop)
-
-        print("\n" + cord_table(base_url, cords) + "\n", flush=True)
-        print("ready: streaming logs, Ctrl-C stops the chute and the service", flush=True)
-        if args.exit_when_ready:
-            return 0
-        while not stop.is_set():
-            for child in children:
-                if child.exited():
-                    raise child.failure()
-            stop.wait(0.2)
-        print("stopping...", flush=True)
-        return 130
+        yield Stack(module, base_url, cords, children, stop)
     finally:
         for child in reversed(children):
             child.stop()
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="deploy.sh --run", description=__doc__.splitlines()[0])
-    parser.add_argument("module", help="deploy module, e.g. deploy_example")
+def run(args: argparse.Namespace) -> int:
+    with dev_stack(args) as stack:
+        print("\n" + cord_table(stack.base_url, stack.cords) + "\n", flush=True)
+        print("ready: streaming logs, Ctrl-C stops the chute and the service", flush=True)
+        if args.exit_when_ready:
+            return 0
+        while not stack.stop.is_set():
+            stack.check()
+            stack.stop.wait(0.2)
+        print("stopping...", flush=True)
+        return 130
+
+
+def add_stack_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("module", help="deploy module, e.g. deploy_example (or a path to one)")
     parser.add_argument("--port", type=int, default=8000, help="chute port (default 8000)")
     parser.add_argument("--logging-port", type=int, default=None, help="chute logging port (default port+1)")
     parser.add_argument("--no-service", action="store_true", help="do not start HOST_COMMAND; use the running service")
     parser.add_argument("--timeout", type=float, default=120, help="seconds to wait for the service and the chute")
-    parser.add_argument("--exit-when-ready", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="deploy.sh --run", description=__doc__.splitlines()[0])
+    add_stack_arguments(parser)
+    parser.add_argument("--exit-when-ready", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     run_cli(lambda: run(args), debug=args.debug, prog="deploy.sh --run")
 
