@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Summary: build, run, deploy and manage wrapped chutes.
 # Usage: ./deploy.sh --run MODULE [--port N] [--logging-port N] [--no-service] [--debug]
+#        ./deploy.sh --smoke MODULE [--port N] [--verbose]
 #        ./deploy.sh --help
 #
 # Thin front: it parses flags and hands the work to `python -m tools.<x>` in the project's venv.
@@ -11,6 +12,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # One table for --help (and, later, the menu): flag|arguments|summary
 COMMANDS=(
   "--run|MODULE [--port N] [--logging-port N] [--no-service]|Run the module's service and its chute on this machine (dev mode)"
+  "--smoke|MODULE [--port N] [--verbose]|Call every cord once through the chute in dev mode; fail if any fails"
   "--help||Show this help"
 )
 
@@ -47,13 +49,14 @@ need_value() {
   fi
 }
 
-cmd_run() {
-  local module="$1"
+run_tool() {
+  # $1 python module under tools/, then its arguments
+  local tool="$1"
   shift
   local python
   python="$(venv_python)"
   cd "${ROOT}"
-  exec "${python}" -m tools.run_dev "${module}" "$@"
+  exec "${python}" -m "tools.${tool}" "$@"
 }
 
 main() {
@@ -70,7 +73,7 @@ main() {
         usage
         exit 0
         ;;
-      --run)
+      --run | --smoke)
         [[ -z "${action}" ]] || die_usage "one action at a time (${action} and ${arg})"
         need_value "${arg}" "$#" "${2:-}"
         action="${arg}"
@@ -83,7 +86,7 @@ main() {
         options+=("${arg}" "$2")
         shift 2
         ;;
-      --no-service | --debug)
+      --no-service | --debug | --verbose)
         options+=("${arg}")
         shift
         ;;
@@ -93,7 +96,8 @@ main() {
     esac
   done
   case "${action}" in
-    --run) cmd_run "${module}" "${options[@]}" ;;
+    --run) run_tool run_dev "${module}" "${options[@]}" ;;
+    --smoke) run_tool smoke "${module}" "${options[@]}" ;;
     *) die_usage "no action given" ;;
   esac
 }

@@ -28,6 +28,7 @@ from types import ModuleType
 from typing import Iterator
 
 from tools.errors import ServiceError, WrapperError, run_cli
+from tools.routes import Route
 
 ROOT = Path(__file__).resolve().parent.parent
 MODULE_RE = r"^[a-z][a-z0-9_]*$"  # what `chutes run MODULE:chute` accepts (chutes' CHUTE_REF_RE)
@@ -42,6 +43,9 @@ class Cord:
     example: object = None
     file_fields: tuple[str, ...] = ()
     binary_type: str | None = None  # content type of a binary answer: curl writes it to a file
+    route: Route | None = None  # None for the module's own cords
+    mode: str = "module"  # passthrough | proxy | catch-all | module
+    templates: tuple[Route, ...] = ()  # for the catch-all: the routes it reaches
 
 
 # --------------------------------------------------------------------------------------------------
@@ -93,11 +97,12 @@ def cords_of(module: ModuleType) -> list[Cord]:
     chute = getattr(module, "chute", None)
     if chute is None or not hasattr(chute, "cords"):
         raise WrapperError(f"{module.__name__}.py defines no `chute`", "create one with chutes.chute.Chute(...)")
-    routes, catch_all = {}, None
+    routes, catch_all, templated = {}, None, []
     for report in getattr(chute, "wrapper_reports", []):
         for item in report.registered:
             routes[item.function_name] = item
         catch_all = report.catch_all or catch_all
+        templated += [route for route, reason in report.skipped if "reachable through" in reason]
     cords = []
     for cord in chute.cords:
         item = routes.get(cord._func.__name__)
@@ -109,7 +114,8 @@ def cords_of(module: ModuleType) -> list[Cord]:
         else:
             upstream = "module code"
         example = item.route.example if item else None
-        if catch_all and public == catch_all[0]:
+        is_catch_all = bool(catch_all and public == catch_all[0] and not item)
+        if is_catch_all:
             example = _catch_all_example(catch_all[1])
         cords.append(
             Cord(
@@ -120,6 +126,9 @@ def cords_of(module: ModuleType) -> list[Cord]:
                 example=example,
                 file_fields=item.route.file_fields if item else (),
                 binary_type=item.route.content_type if item and item.route.response_kind == "binary" else None,
+                route=item.route if item else None,
+                mode=item.mode if item else ("catch-all" if is_catch_all else "module"),
+                templates=tuple(templated) if is_catch_all else (),
             )
         )
     return cords
@@ -317,12 +326,13 @@ def dev_stack(args: argparse.Namespace, quiet: bool = False) -> Iterator[Stack]:
         signal.signal(sig, lambda *_: stop.set())
 
     env = dict(os.environ)
+    service_env = dict(env, **{str(k): str(v) for k, v in (getattr(module, "CHUTE_ENV", None) or {}).items()})
     children: list[Child] = []
     try:
         if start_service:
             argv = shlex.split(host_command) if isinstance(host_command, str) else [str(a) for a in host_command]
             print(f"starting service: {shlex.join(argv)}", flush=True)
-            service = Child("service", argv, env, directory, echo=not quiet)
+            service = Child("service", argv, service_env, directory, echo=not quiet)
             children.append(service)
             wait_until(lambda: all(port_in_use(p) for p in ports), service, args.timeout, "the service", stop)
         elif not all(port_in_use(p) for p in ports):

@@ -179,3 +179,49 @@ def test_unknown_module_and_bad_flags(tmp_path):
     assert result.returncode == 2 and "--port needs a value" in result.stderr
     result = subprocess.run([str(ROOT / "deploy.sh"), "--frobnicate"], capture_output=True, text=True)
     assert result.returncode == 2 and "unknown option '--frobnicate'" in result.stderr
+
+
+def test_smoke_calls_every_cord_of_the_example_and_passes(tmp_path):
+    service_port, port = free_port(), free_port()
+    result = subprocess.run(
+        [str(ROOT / "deploy.sh"), "--smoke", "deploy_example", "--port", str(port), "--logging-port", str(free_port())],
+        capture_output=True, text=True, timeout=180, env=dict(os.environ, CHUTE_PORTS=str(service_port)),
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = {line.split()[1]: line for line in result.stdout.splitlines() if line.startswith(("GET ", "POST "))}
+    assert "200" in rows["/tts_to_audio"] and "proxy json->audio/wav" in rows["/tts_to_audio"]
+    assert "proxy multipart->application/json" in rows["/inference"]
+    assert "passthrough json->stream" in rows["/v1/stream"]
+    assert "catch-all" in rows["GET"]  # "POST  GET /v1/models/{model_id}  catch-all ..."
+    assert "12 passed, 0 failed" in result.stdout
+    assert not port_open(port) and not port_open(service_port)
+
+
+def test_smoke_fails_when_a_cord_fails(tmp_path):
+    module = tmp_path / "deploy_failing.py"
+    service_port = free_port()
+    module.write_text(
+        textwrap.dedent(
+            f"""
+            import sys
+            from chutes.chute import Chute
+            from tools.chute_wrappers import register_passthrough_routes
+            SERVICE_PORTS = [{service_port}]
+            HOST_COMMAND = [sys.executable, {str(ROOT / "tools" / "demo_service.py")!r}, "--port", "{service_port}"]
+            chute = Chute(username="t", name="failing", image="unused")
+            register_passthrough_routes(chute, [
+                {{"path": "/ok", "method": "GET", "target_path": "/health", "request": {{"kind": "none"}}}},
+                {{"path": "/boom", "method": "GET", "target_path": "/v1/status/500", "request": {{"kind": "none"}},
+                  "response": {{"kind": "text"}}}},
+            ], SERVICE_PORTS[0])
+            """
+        )
+    )
+    result = subprocess.run(
+        [str(ROOT / "deploy.sh"), "--smoke", str(module), "--port", str(free_port()), "--logging-port", str(free_port())],
+        capture_output=True, text=True, timeout=180,
+    )
+    assert result.returncode == 1
+    assert "1 passed, 1 failed" in result.stdout
+    boom = next(line for line in result.stdout.splitlines() if "/boom" in line)
+    assert "502" in boom and "HTTP 502" in boom
