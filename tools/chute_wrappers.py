@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 from loguru import logger
 
-from tools.errors import ManifestError, WrapperError
+from tools.errors import ManifestError, ServiceError, WrapperError
 from tools.launcher import ServiceLauncher, attach_service
 from tools.routes import (
     UNSERVED_METHODS,
@@ -146,8 +146,6 @@ async def wait_for_services(
     Raises ServiceError naming the ports still closed at the deadline, or at once (with the
     service's last output) when `launcher`'s process exits while we wait.
     """
-    from tools.errors import ServiceError
-
     pending = list(dict.fromkeys(int(port) for port in ports))
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout

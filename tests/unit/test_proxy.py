@@ -1,0 +1,140 @@
+"""Proxy cords without a network: caller JSON -> upstream request, and the catch-all's path rules."""
+
+from __future__ import annotations
+
+import base64
+
+import aiohttp
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tools.proxy import (
+    BadRequest,
+    RouteOptions,
+    Target,
+    Template,
+    build_outgoing,
+    check_proxy_path,
+    extension_for,
+    match_template,
+)
+from tools.routes import Route
+from tools.errors import ManifestError
+
+
+def target(**route_fields) -> Target:
+    route_fields.setdefault("path", "/r")
+    return Target(Route(**route_fields), 8020)
+
+
+def test_json_route_sends_body_and_moves_underscore_query_to_query_string():
+    out = build_outgoing(target(query_params=("lang",)), {"text": "hi", "lang": "en", "_query": {"v": [1, 2]}}, [])
+    assert out.json_body == {"text": "hi"} and out.has_json
+    assert out.params == [("v", "1"), ("v", "2"), ("lang", "en")]
+
+
+def test_route_without_body_sends_every_key_as_query_and_keeps_callers_query():
+    out = build_outgoing(target(method="GET", request_kind="none"), {"limit": 5, "flag": True}, [("a", "1")])
+    assert out.params == [("a", "1"), ("limit", "5"), ("flag", "true")]
+    assert not out.has_json and out.data is None
+
+
+def test_multipart_route_turns_base64_and_data_urls_into_file_parts():
+    wav = b"RIFF\x00\x00\x00\x00WAVEfmt "
+    out = build_outgoing(
+        target(request_kind="multipart", file_fields=("file",)),
+        {"file_base64": base64.b64encode(wav).decode(), "file_filename": "a.wav", "temperature": 0.5,
+         "image": "data:image/png;base64," + base64.b64encode(b"\x89PNG").decode(), "meta": {"k": 1}},
+        [],
+    )
+    assert isinstance(out.data, aiohttp.FormData)
+    fields = {f[0]["name"]: (f[0].get("filename"), f[1].get("Content-Type"), f[2]) for f in out.data._fields}
+    assert fields["file"] == ("a.wav", "audio/wav", wav)
+    assert fields["temperature"][2] == "0.5" and fields["meta"][2] == '{"k": 1}'
+    # a data URL in a field the manifest does not name as a file stays a form field
+    assert fields["image"][0] is None
+
+
+def test_declared_file_field_content_type_and_default_filename():
+    t = Target(Route("/r", request_kind="multipart", file_fields=("audio",)), 8020, file_fields={"audio": "audio/flac"})
+    out = build_outgoing(t, {"audio_base64": base64.b64encode(b"xx").decode()}, [])
+    (options, headers, value), = out.data._fields
+    assert options["filename"] == "audio.flac" and headers["Content-Type"] == "audio/flac" and value == b"xx"
+
+
+def test_form_route_without_files_is_urlencoded():
+    out = build_outgoing(target(request_kind="form"), {"a": "1", "b": 2}, [])
+    assert out.data == {"a": "1", "b": "2"}
+
+
+@pytest.mark.parametrize("payload", [{"file_base64": "%%%"}, {"file_base64": 5}, {"_query": [1]}])
+def test_bad_caller_json_is_a_bad_request(payload):
+    with pytest.raises(BadRequest):
+        build_outgoing(target(request_kind="multipart", file_fields=("file",)), payload, [])
+
+
+def test_non_object_json_body_passes_through_for_json_routes():
+    out = build_outgoing(target(), [1, 2], [])
+    assert out.json_body == [1, 2]
+    with pytest.raises(BadRequest):
+        build_outgoing(target(request_kind="multipart"), [1], [])
+
+
+TEMPLATES = [
+    Template.of(Target(Route("/v1/models/{model_id}", "GET", request_kind="none"), 8020)),
+    Template.of(Target(Route("/tts_to_audio/", "POST"), 8020)),
+]
+
+
+@pytest.mark.parametrize(
+    "method, path, expected",
+    [
+        ("GET", "/v1/models/demo-1", "GET /v1/models/{model_id}"),
+        ("GET", "/v1/models/org:model.v2", "GET /v1/models/{model_id}"),
+        ("POST", "/tts_to_audio/", "POST /tts_to_audio/"),
+        ("GET", "/v1/models/a/b", None),
+        ("POST", "/v1/models/demo-1", None),
+        ("GET", "/v1/models/", None),
+    ],
+)
+def test_templates_match_one_segment_per_parameter(method, path, expected):
+    template, allowed = match_template(TEMPLATES, method, path)
+    assert (template.label if template else None) == expected
+    assert allowed == ["GET /v1/models/{model_id}", "POST /tts_to_audio/"]
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["../etc/passwd", "/v1/../x", "/v1/./x", "/v1/%2e%2e/x", "/a%2Fb", "http://evil/", "//evil/x", "/x@evil",
+     "/x\r\nHost: y", "/x y", "/a\\b", "/x?y=1", "/x#f", "/" + "a" * 3000, "", None, 7, "/é"],
+)
+def test_catch_all_paths_outside_the_rules_are_refused(path):
+    with pytest.raises(BadRequest):
+        check_proxy_path(path)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(max_size=80))
+def test_no_accepted_path_can_leave_the_service(path):
+    try:
+        checked = check_proxy_path("/" + path)
+    except BadRequest:
+        return
+    assert checked.startswith("/") and not checked.startswith("//")
+    assert not any(seg in (".", "..") for seg in checked.split("/"))
+    assert not any(ch in checked for ch in "%@\\?#:" if ch != ":") and "://" not in checked
+    assert all(0x20 < ord(ch) < 0x7F for ch in checked)
+
+
+def test_route_options_are_validated():
+    assert RouteOptions.parse("POST /a", {"file_fields": ["file"]}).file_fields == {"file": None}
+    with pytest.raises(ManifestError, match="unknown key"):
+        RouteOptions.parse("POST /a", {"timeot": 5})
+    with pytest.raises(ManifestError, match="file_fields"):
+        RouteOptions.parse("POST /a", {"file_fields": 3})
+
+
+def test_extensions_for_common_answers():
+    assert extension_for("audio/wav") == ".wav" and extension_for("image/png; q=1") == ".png"
+    assert extension_for("application/x-unknown-thing") == ""
