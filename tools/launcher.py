@@ -19,16 +19,16 @@ from typing import TYPE_CHECKING, Mapping, Sequence
 from loguru import logger
 
 from tools.errors import ServiceError, WrapperError
+from tools.wrapper_image import BASE_ENV_FILE, VENV_DIR
 
 if TYPE_CHECKING:
     from chutes.chute import Chute
 
-# Written by the wrapper image's setup step: the base image's PATH and WORKDIR, as KEY=VALUE lines.
-BASE_ENV_FILE = Path("/opt/chutes-wrappers/base.env")
+# The wrapper image records the base image's PATH, PYTHONPATH and WORKDIR in BASE_ENV_FILE; the
+# chute's own virtualenv (VENV_DIR) must not reach the service (it would shadow the base's packages).
+
 # Set by `deploy.sh --run`: the service already runs on the host, so the chute only waits for it.
 EXTERNAL_ENV = "CHUTES_SERVICE_EXTERNAL"
-# The chute's own virtualenv; the service must not inherit it (it would shadow the base's packages).
-VENV_DIR = "/opt/chutes-wrappers/venv"
 
 
 def split_command(command: str | Sequence[str]) -> list[str]:
@@ -45,11 +45,11 @@ def split_command(command: str | Sequence[str]) -> list[str]:
     return argv
 
 
-def read_base_env(path: Path = BASE_ENV_FILE) -> dict[str, str]:
-    """The base image's recorded PATH/WORKDIR; empty outside a wrapper image."""
+def read_base_env(path: str | Path = BASE_ENV_FILE) -> dict[str, str]:
+    """The base image's recorded PATH/PYTHONPATH/WORKDIR; empty outside a wrapper image."""
     values: dict[str, str] = {}
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
     except OSError:
         return values
     for line in lines:
@@ -71,9 +71,13 @@ def service_environment(extra: Mapping[str, str] | None = None, base: Mapping[st
         )
     if env.get("VIRTUAL_ENV", "").startswith(VENV_DIR):
         env.pop("VIRTUAL_ENV")
-    for key in ("PYTHONPATH", "PYTHONHOME"):
-        if env.get(key) == "/app":  # set for the chute module, not for the service
-            env.pop(key)
+    # PYTHONPATH=/app[:base] is set for the chute module; the service gets the base image's own.
+    if "PYTHONPATH" in base:
+        env["PYTHONPATH"] = base["PYTHONPATH"]
+    elif env.get("PYTHONPATH") == "/app":
+        env.pop("PYTHONPATH")
+    if not env.get("PYTHONPATH"):
+        env.pop("PYTHONPATH", None)
     env.update({str(k): str(v) for k, v in (extra or {}).items()})
     return env
 

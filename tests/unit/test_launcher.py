@@ -32,7 +32,10 @@ def test_service_environment_restores_base_path_and_drops_chute_venv(monkeypatch
     assert "VIRTUAL_ENV" not in env and "PYTHONPATH" not in env
     assert env["EXTRA"] == "1"
     env = service_environment(None, base={})
-    assert env["PATH"] == "/usr/bin"
+    assert env["PATH"] == "/usr/bin" and "PYTHONPATH" not in env
+    monkeypatch.setenv("PYTHONPATH", "/app:/opt/base/lib")
+    assert service_environment(None, base={"PYTHONPATH": "/opt/base/lib"})["PYTHONPATH"] == "/opt/base/lib"
+    assert "PYTHONPATH" not in service_environment(None, base={"PYTHONPATH": ""})
 
 
 def test_base_env_file_is_parsed(tmp_path):
