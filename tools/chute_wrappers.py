@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import configparser
-import inspect
 import os
 import re
 from dataclasses import dataclass, field
@@ -53,7 +52,6 @@ DEFAULT_PORTS = (8020, 8080)
 DEFAULT_TIMEOUT = 600.0  # seconds a proxy cord waits for the service
 PLACEHOLDER_USERNAME = "chutes-user"
 _TRUE = {"1", "true", "yes", "on"}
-_TOOLS_DIR = Path(__file__).resolve().parent
 
 
 def _env_flag(name: str) -> bool:
@@ -203,18 +201,6 @@ def add_health_cord(
 # Route manifest
 
 
-def _caller_file() -> Path | None:
-    """The file of the first caller outside this package (the deploy module)."""
-    for frame in inspect.stack()[1:]:
-        filename = frame.filename
-        if not filename or filename.startswith("<"):
-            continue
-        path = Path(filename).resolve()
-        if path.parent != _TOOLS_DIR:
-            return path
-    return None
-
-
 def load_route_manifest(
     static_routes: Iterable[Route | Mapping] | None = None,
     *,
@@ -246,9 +232,12 @@ def _read_manifest(explicit: str | os.PathLike | None) -> Manifest | None:
         return read_manifest_file(env_path)
     if explicit:
         return read_manifest_file(explicit)
-    caller = _caller_file()
+    from tools.wrapper_image import caller_file
+
+    caller = caller_file()
     if caller is None:
         return None
+    caller = Path(caller)
     candidate = caller.with_name(caller.stem + ".routes.json")
     if not candidate.exists():
         logger.info(f"no route manifest at {candidate.name}: using static routes only")

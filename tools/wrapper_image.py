@@ -82,7 +82,7 @@ def build_wrapper_image(
     from chutes.image import Image
 
     if module_file is None:
-        module_file = _caller_file()
+        module_file = caller_file()
     script = setup_script(
         python=python,
         distro=distro,
@@ -176,8 +176,8 @@ def context_files(module_file: str | None, cwd: str | None = None) -> list[tuple
     return files
 
 
-def _caller_file() -> str | None:
-    """The file that called build_wrapper_image, looking through re-exports inside tools/."""
+def caller_file() -> str | None:
+    """The file of the first caller outside tools/ (the deploy module), or None from a prompt."""
     package_dir = os.path.dirname(os.path.realpath(__file__))
     frame = sys._getframe(1)
     while frame is not None:
