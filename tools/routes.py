@@ -375,5 +375,9 @@ def write_manifest(manifest: Manifest, path: str | Path) -> None:
     """Write atomically: a reader sees the old manifest or the new one, never half of one."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(manifest.to_json(), indent=2) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    try:
+        tmp.write_text(json.dumps(manifest.to_json(), indent=2) + "\n", encoding="utf-8")
+        tmp.replace(path)
+    except BaseException:  # a full disk or an interrupt must not leave the half-written temp file
+        tmp.unlink(missing_ok=True)
+        raise
