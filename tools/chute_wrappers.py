@@ -329,6 +329,8 @@ def register_passthrough_routes(
     from tools.proxy import RouteOptions, Target, Template, make_handler
 
     report = RegistrationReport()
+    if _env_flag("CHUTES_SKIP_ROUTE_REGISTRATION"):
+        return report
     taken_keys = _module_cord_keys(chute)
     module_keys = set(taken_keys)
     owner: dict[tuple[str, str], RegisteredRoute] = {}
@@ -413,7 +415,8 @@ def register_passthrough_routes(
 
 
 def _parse_overrides(overrides, routes: list[Route]) -> dict[tuple[str, str], Any]:
-    """"METHOD /path" -> RouteOptions; a key that names no route is an error (a typo would do nothing)."""
+    """"METHOD /path" -> RouteOptions. A key naming no loaded route is a warning, not an error: the
+    manifest it refers to may not be discovered yet; the warning still shows a typo."""
     from tools.proxy import RouteOptions
 
     parsed = {}
@@ -421,12 +424,15 @@ def _parse_overrides(overrides, routes: list[Route]) -> dict[tuple[str, str], An
     for raw_key, raw in (overrides or {}).items():
         method, _, path = str(raw_key).strip().partition(" ")
         key = (path.strip(), method.upper())
-        if key not in known:
+        if not path.startswith("/"):
             raise ManifestError(
-                f"CHUTE_ROUTE_OVERRIDES[{raw_key!r}]: no such route",
+                f"CHUTE_ROUTE_OVERRIDES[{raw_key!r}]: not a route key",
                 "keys are 'METHOD /path' as in the manifest, e.g. 'POST /inference'",
             )
-        parsed[key] = RouteOptions.parse(str(raw_key), raw)
+        options = RouteOptions.parse(str(raw_key), raw)
+        if key not in known:
+            logger.warning(f"CHUTE_ROUTE_OVERRIDES[{raw_key!r}] names no loaded route: it has no effect")
+        parsed[key] = options
     return parsed
 
 

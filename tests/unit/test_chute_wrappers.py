@@ -164,7 +164,7 @@ def test_routes_are_passthrough_or_proxy_by_their_kinds():
     assert "(proxy)" in report.summary()
 
 
-def test_overrides_force_modes_and_unknown_override_keys_are_errors():
+def test_overrides_force_modes_and_bad_override_keys_are_reported(caplog_loguru):
     chute = make_chute()
     report = cw.register_passthrough_routes(
         chute,
@@ -173,8 +173,10 @@ def test_overrides_force_modes_and_unknown_override_keys_are_errors():
         overrides={"POST /v1/echo": {"mode": "proxy", "timeout": 5}, "GET /v1/text": {"mode": "passthrough"}},
     )
     assert {item.route.path: item.mode for item in report.registered} == {"/v1/echo": "proxy", "/v1/text": "passthrough"}
-    with pytest.raises(ManifestError, match="no such route"):
-        cw.register_passthrough_routes(make_chute(), [Route("/a")], 8020, overrides={"POST /b": {"mode": "proxy"}})
+    cw.register_passthrough_routes(make_chute(), [Route("/a")], 8020, overrides={"POST /b": {"mode": "proxy"}})
+    assert any("CHUTE_ROUTE_OVERRIDES['POST /b'] names no loaded route" in m for m in caplog_loguru)
+    with pytest.raises(ManifestError, match="not a route key"):
+        cw.register_passthrough_routes(make_chute(), [Route("/a")], 8020, overrides={"inference": {"mode": "proxy"}})
     with pytest.raises(ManifestError, match="key 'mode'"):
         cw.register_passthrough_routes(make_chute(), [Route("/a")], 8020, overrides={"POST /a": {"mode": "fast"}})
     with pytest.raises(ManifestError, match="key 'timeout'"):
@@ -194,6 +196,31 @@ def test_catch_all_collects_path_parameter_templates():
     assert ("POST", "/proxy") in [(c._public_api_method, c.public_api_path) for c in chute.cords]
     with pytest.raises(WrapperError, match="catch-all path"):
         cw.register_passthrough_routes(make_chute(), [Route("/v1/echo")], 8020, catch_all="/Bad/{x}")
+
+
+def test_skip_registration_env_registers_nothing_and_checks_no_overrides(monkeypatch):
+    monkeypatch.setenv("CHUTES_SKIP_ROUTE_REGISTRATION", "1")
+    chute = make_chute()
+    report = cw.register_passthrough_routes(chute, [], 8020, overrides={"bogus": {"mode": "fast"}}, catch_all="/proxy")
+    assert report.registered == [] and chute.cords == []
+
+
+def test_example_module_imports_during_discovery(monkeypatch):
+    import importlib
+    import sys
+
+    monkeypatch.setenv("CHUTES_SKIP_ROUTE_REGISTRATION", "1")
+    monkeypatch.delenv("CHUTE_PORTS", raising=False)
+    sys.modules.pop("deploy_example", None)
+    module = importlib.import_module("deploy_example")
+    assert module.SERVICE_PORTS == [8020] and module.CHUTE_BASE_IMAGE
+    sys.modules.pop("deploy_example", None)
+
+
+def test_sdk_path_rule_is_read_without_importing_the_sdk_and_equals_it():
+    from tools.routes import sdk_path_re
+
+    assert sdk_path_re().pattern == PATH_RE.pattern
 
 
 def test_summary_lists_registered_and_skipped_with_reasons():
