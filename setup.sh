@@ -23,6 +23,7 @@ OPT_DEV=0
 OPT_YES=0
 OPT_FORCE=0
 OPT_REGISTER=0
+OPT_LINK=0
 OPT_VENV=""
 OPT_PYTHON=""
 ORIG_PWD="$PWD"
@@ -47,6 +48,9 @@ Options:
                     python3.13, python3.12, python3.11, python3.10, python3)
   --register        run `chutes register` even if a Chutes config exists
                     (the existing config is backed up first, mode 600)
+  --link-hotkey     use an existing Chutes account: pick its hotkey from your bittensor
+                    wallets or paste its seed (hidden; read from stdin when it is not a
+                    terminal), check it with the API, write the config (backup first, mode 600)
   --force           re-run pip even if the venv is up to date
   -h, --help        show this help
 
@@ -102,6 +106,7 @@ parse_args() {
       -y | --yes) OPT_YES=1 ;;
       --force) OPT_FORCE=1 ;;
       --register) OPT_REGISTER=1 ;;
+      --link-hotkey) OPT_LINK=1 ;;
       --venv | --python)
         if (($# == 0)) || [[ -z "$1" || "$1" == -* ]]; then
           die_usage "$arg needs a value (a path)"
@@ -118,6 +123,9 @@ parse_args() {
       *) die_usage "unknown option: $arg" ;;
     esac
   done
+  if ((OPT_REGISTER && OPT_LINK)); then
+    die_usage "--register and --link-hotkey exclude each other (a new account, or an existing one)"
+  fi
 }
 
 # Usage: is_interactive — true when we may ask the user questions.
@@ -333,6 +341,16 @@ maybe_register() {
   fi
 }
 
+# Usage: link_hotkey VENV REPO — write the Chutes config for an existing account's hotkey.
+# The seed is asked by the Python tool (no echo) or read from stdin; it never passes through here.
+link_hotkey() {
+  local venv="$1" repo="$2"
+  if ! (cd -- "$repo" && "$venv/bin/python" -m tools.account link); then
+    err "linking the hotkey failed (see above); nothing was changed. Try again with: ./setup.sh --link-hotkey"
+    return 1
+  fi
+}
+
 # Usage: docker_status — one phrase: is docker installed, does its daemon answer.
 docker_status() {
   command -v docker >/dev/null 2>&1 || {
@@ -382,7 +400,7 @@ summary() {
   if [[ -e "$config" ]]; then
     printf '  %-14s %s\n' "Chutes config" "present ($config)"
   else
-    printf '  %-14s %s\n' "Chutes config" "not present ($config); run: chutes register"
+    printf '  %-14s %s\n' "Chutes config" "not present ($config); run: chutes register (or ./setup.sh --link-hotkey for an existing account)"
   fi
   if ((engine_ok == 0)); then
     printf '  %s%s%s\n' "$C_OUT_YELLOW" "No container engine: install docker or podman for discovery and local builds." "$C_OUT_RESET"
@@ -408,7 +426,11 @@ main() {
   python="$(find_python)"
   ensure_venv "$venv" "$python"
   install_requirements "$venv"
-  maybe_register "$venv" || status=1
+  if ((OPT_LINK)); then
+    link_hotkey "$venv" "$repo" || status=1
+  else
+    maybe_register "$venv" || status=1
+  fi
   summary "$venv" "$repo"
   return "$status"
 }

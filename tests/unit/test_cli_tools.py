@@ -1,0 +1,135 @@
+"""deploy.sh's Python helpers: output checks of the chutes CLI, request signing, private files, config."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+import stat
+
+import pytest
+from substrateinterface import Keypair
+
+from tools import account, chutes_api
+from tools.cli_chutes import Outcome, answer_for
+from tools.errors import WrapperError
+
+LOG = "2025-01-01 00:00:00.000 | {level:<8} | chutes.crud:_delete_object:180 - {message}"
+
+
+def test_errors_come_from_the_clis_error_lines_and_a_tracebacks_last_line():
+    text = "\n".join([
+        LOG.format(level="INFO", message="Loading chutes config"),
+        LOG.format(level="ERROR", message='Failed to delete chutes/x: {"detail": "nope"}'),
+    ])
+    assert Outcome(["chutes"], 0, text).errors() == ['Failed to delete chutes/x: {"detail": "nope"}']
+    crash = "Traceback (most recent call last):\n  File \"x\", line 1\naiohttp.ClientConnectorError: Cannot connect\n"
+    assert Outcome(["chutes"], 1, crash).errors() == ["aiohttp.ClientConnectorError: Cannot connect"]
+
+
+def test_failure_without_any_error_line_says_what_is_missing():
+    assert str(Outcome(["chutes"], 0, "").failure("deploying x")) == "deploying x failed: no success message"
+    assert str(Outcome(["chutes"], 3, "").failure("deploying x")) == "deploying x failed: exit status 3"
+
+
+def test_prompts_are_answered_yes_except_showing_every_file():
+    assert answer_for("Confirm submitting build context? (y/n) ") == "y"
+    assert answer_for("You are about to upload x.py and deploy y, confirm? (y/n) ") == "y"
+    assert answer_for("Showing 10 of 42, would you like to see the rest? (y/n) ") == "n"
+
+
+@pytest.fixture
+def config(tmp_path, monkeypatch):
+    seed = secrets.token_hex(32)
+    keypair = Keypair.create_from_seed(seed_hex=seed)
+    path = tmp_path / "config.ini"
+    path.write_text(f"[auth]\nusername = u\nuser_id = id-1\nhotkey_seed = {seed}\nhotkey_name = hk\n"
+                    f"hotkey_ss58address = {keypair.ss58_address}\n[payment]\naddress = pay\n")
+    monkeypatch.setenv("CHUTES_CONFIG_PATH", str(path))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("CHUTES_API_KEY", raising=False)
+    return path, seed, keypair
+
+
+@pytest.mark.parametrize("payload, purpose", [(None, "chutes"), (b'{"name": "x"}', None)])
+def test_signatures_verify_like_the_sdks(config, payload, purpose):
+    _, seed, keypair = config
+    acct = chutes_api.load_account()
+    headers = chutes_api.signed_headers(acct, payload=payload, purpose=purpose)
+    nonce = headers["X-Chutes-Nonce"]
+    tail = hashlib.sha256(payload).hexdigest() if payload else purpose
+    message = f"{keypair.ss58_address}:{nonce}:{tail}"
+    assert Keypair(ss58_address=keypair.ss58_address).verify(message.encode(), bytes.fromhex(headers["X-Chutes-Signature"]))
+    assert headers["X-Chutes-Hotkey"] == keypair.ss58_address and headers["X-Chutes-UserID"] == "id-1"
+    # the SDK's own message for the same inputs
+    from chutes.util.auth import get_signing_message
+
+    assert get_signing_message(keypair.ss58_address, nonce, payload, purpose=purpose) == message
+    assert seed not in repr(acct)
+
+
+def test_base_url_follows_the_sdk_config_first_then_env(config, monkeypatch):
+    path, _, _ = config
+    monkeypatch.setenv("CHUTES_API_URL", "http://127.0.0.1:1/")
+    assert chutes_api.api_base_url() == "http://127.0.0.1:1"
+    path.write_text(path.read_text() + "[api]\nbase_url = http://127.0.0.1:2\n")
+    assert chutes_api.api_base_url() == "http://127.0.0.1:2"
+
+
+def test_api_key_sources_and_the_file_mode_rule(config, monkeypatch, tmp_path):
+    assert chutes_api.load_api_key() is None
+    key_file = tmp_path / ".chutes" / "api_key"
+    key_file.parent.mkdir()
+    key_file.write_text("cpk_file\n")
+    key_file.chmod(0o600)
+    assert chutes_api.load_api_key() == ("cpk_file", str(key_file))
+    key_file.chmod(0o640)
+    with pytest.raises(WrapperError, match="readable by other users"):
+        chutes_api.load_api_key()
+    monkeypatch.setenv("CHUTES_API_KEY", "cpk_env")
+    assert chutes_api.load_api_key() == ("cpk_env", "$CHUTES_API_KEY")
+
+
+def test_missing_or_seedless_config_names_the_fix(tmp_path, monkeypatch):
+    monkeypatch.setenv("CHUTES_CONFIG_PATH", str(tmp_path / "none.ini"))
+    with pytest.raises(WrapperError, match="no Chutes account configured.*--link-hotkey"):
+        chutes_api.load_account()
+    (tmp_path / "none.ini").write_text("[auth]\nusername = x\n")
+    with pytest.raises(WrapperError, match="has no hotkey"):
+        chutes_api.load_account()
+
+
+def test_write_private_is_atomic_mode_600_and_backs_up_with_a_timestamp(tmp_path):
+    target = tmp_path / "dir" / "secret"
+    assert account.write_private(target, "one\n") is None
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600
+    first = account.write_private(target, "two\n")
+    second = account.write_private(target, "three\n")
+    assert first != second and first.read_text() == "one\n" and second.read_text() == "two\n"
+    assert first.name.startswith("secret.bak.") and stat.S_IMODE(first.stat().st_mode) == 0o600
+    assert target.read_text() == "three\n"
+    assert sorted(p.name for p in target.parent.iterdir() if not p.name.startswith("secret")) == []
+
+
+def test_write_private_leaves_nothing_behind_when_the_write_fails(tmp_path, monkeypatch):
+    target = tmp_path / "secret"
+    target.write_text("old\n")
+
+    def boom(*args):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", boom)
+    with pytest.raises(OSError):
+        account.write_private(target, "new\n")
+    assert target.read_text() == "old\n"
+    assert [p.name for p in tmp_path.iterdir() if not p.name.startswith("secret")] == []
+
+
+def test_seed_from_a_hotkey_file(tmp_path):
+    seed = secrets.token_hex(32)
+    path = tmp_path / "hk"
+    path.write_text('{"secretSeed": "0x%s", "ss58Address": "5X"}' % seed)
+    assert account.seed_from_hotkey_file(path) == (seed, "5X", "hk")
+    path.write_text('{"encrypted": true}')
+    with pytest.raises(WrapperError, match="holds no secretSeed"):
+        account.seed_from_hotkey_file(path)

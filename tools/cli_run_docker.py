@@ -1,0 +1,179 @@
+"""`deploy.sh --run-docker MODULE`: the locally built wrapper image, run with docker or podman, the chute
+in dev mode inside it, its port and SERVICE_PORTS published on 127.0.0.1 only.
+
+Waits for the chute with a progress line (default 10 minutes), shows the container's last output if
+it exits first, prints the cords, then streams its log. Ctrl-C, SIGTERM or an error removes it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+import time
+
+from tools.containers import (
+    LABEL,
+    LABEL_MODULE,
+    LABEL_OWNER,
+    Container,
+    EngineError,
+    RunSpec,
+    container_name,
+    detect_engine,
+    gpu_args,
+    owner_label,
+    port_is_free,
+    remove_leftovers,
+    require_image,
+)
+from tools.errors import ServiceError, WrapperError, run_cli
+from tools.run_dev import cord_table, cords_of, http_answers, import_module, locate_module
+
+ROLE = "run-docker"
+APP_DIR = "/app"  # where `chutes build` puts the module (and where `chutes run` looks for it)
+
+
+def image_of(module, name: str) -> str:
+    image = getattr(getattr(module, "chute", None), "image", None)
+    if image is None:
+        raise WrapperError(f"{name}.py defines no `chute` with an image")
+    return image if isinstance(image, str) else f"{image.name}:{image.tag}"
+
+
+def plan(args: argparse.Namespace):
+    name, directory = locate_module(args.module)
+    module = import_module(name, directory)
+    ports = [int(p) for p in getattr(module, "SERVICE_PORTS", None) or []]
+    image = args.image or image_of(module, name)
+    engine = detect_engine()
+    try:
+        require_image(engine, image)
+    except EngineError:
+        raise EngineError(f"image {image!r} is not present in {engine.label}",
+                          f"build it first: ./deploy.sh --build {args.module} --local") from None
+    published = {args.port: args.port}
+    for port in ports:
+        if port in published:
+            raise WrapperError(f"--port {args.port} is also a service port of {name}", "pick another --port")
+        published[port] = port
+    for port in published:
+        if not port_is_free(port):
+            what = "chute port (--port)" if port == args.port else f"service port of {name}"
+            raise WrapperError(f"port {port} ({what}) is already in use on 127.0.0.1", "stop what listens there")
+    spec = RunSpec(
+        image=image,
+        name=container_name("chute", name),
+        labels={LABEL: ROLE, LABEL_MODULE: name, LABEL_OWNER: owner_label()},
+        ports=published,
+        env={"CHUTES_EXECUTION_CONTEXT": "REMOTE"},
+        entrypoint=["chutes", "run", f"{name}:chute", "--dev", "--host", "0.0.0.0", "--port", str(args.port),
+                    "--logging-port", str(args.port + 1)],
+        gpu_args=gpu_args(engine, args.gpus),
+        extra_args=["--workdir", APP_DIR],
+    )
+    return name, module, engine, spec
+
+
+def run(args: argparse.Namespace) -> int:
+    name, module, engine, spec = plan(args)
+    remove_leftovers(engine, ROLE, name)
+    stop = threading.Event()
+    streaming = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+
+    def on_log(line: str) -> None:
+        if streaming.is_set():
+            print(f"[container] {line}", flush=True)
+
+    container = Container(engine, spec, on_log=on_log)
+    gpus = " ".join(spec.gpu_args) or "no GPU"
+    print(f"starting {spec.image} with {engine.label} ({gpus}), container {spec.name}", flush=True)
+    try:
+        container.start()
+        base_url = f"http://127.0.0.1:{args.port}"
+        wait_ready(container, base_url, args.timeout, stop)
+        print(cord_table(base_url, cords_of(module)), flush=True)
+        print("ready: streaming the container's log; Ctrl-C stops and removes the container", flush=True)
+        for line in container.last_lines(40):
+            print(f"[container] {line}")
+        streaming.set()
+        while not stop.is_set():
+            if container.exit_code() is not None:
+                raise ServiceError(f"the container exited with status {container.exit_code()}")
+            stop.wait(0.5)
+        print("stopping...", flush=True)
+        return 130
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)  # removal must not be cut in half
+        container.remove()
+        print(f"removed container {spec.name}", flush=True)
+
+
+def wait_ready(container: Container, base_url: str, timeout: float, stop: threading.Event) -> None:
+    started = time.monotonic()
+    tty = sys.stdout.isatty()
+    last_line = -1.0
+    while not http_answers(base_url + "/"):
+        elapsed = time.monotonic() - started
+        code = container.exit_code()
+        if code is not None:
+            if tty:
+                print()
+            tail = "\n".join(container.last_lines(30)) or "(no output)"
+            raise ServiceError(f"the container exited with status {code} before the chute answered; last output:\n{tail}")
+        if stop.is_set():
+            if tty:
+                print()
+            raise KeyboardInterrupt
+        if elapsed > timeout:
+            if tty:
+                print()
+            tail = "\n".join(container.last_lines(30)) or "(no output)"
+            raise ServiceError(f"the chute did not answer at {base_url} within {timeout:g}s; last output:\n{tail}",
+                               "raise --timeout if the service loads big models")
+        if tty:
+            sys.stdout.write(f"\rwaiting for the chute at {base_url}: {elapsed:.0f}s / {timeout:g}s ")
+            sys.stdout.flush()
+        elif elapsed - last_line >= 10:
+            print(f"waiting for the chute at {base_url}: {elapsed:.0f}s / {timeout:g}s", flush=True)
+            last_line = elapsed
+        time.sleep(0.5)
+    if tty:
+        print()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="deploy.sh --run-docker", description=__doc__.splitlines()[0])
+    parser.add_argument("module", nargs="?", help="deploy module, e.g. deploy_example (or a path to one)")
+    parser.add_argument("--port", type=int, default=8000, help="chute port on 127.0.0.1 (default 8000)")
+    parser.add_argument("--gpus", default="auto", help="auto (only with a GPU runtime), none, all, N, or 0,1")
+    parser.add_argument("--timeout", type=float, default=600, help="seconds to wait for the chute (default 600)")
+    parser.add_argument("--image", help="run this image instead of the module's")
+    parser.add_argument("--cleanup", action="store_true", help="remove containers left by killed runs, then exit")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    args = parser.parse_args(argv)
+    if args.cleanup:
+        run_cli(cleanup, debug=args.debug, prog="deploy.sh --cleanup")
+    if not args.module:
+        parser.error("a deploy module is needed")
+    run_cli(lambda: run(args), debug=args.debug, prog="deploy.sh --run-docker")
+
+
+def cleanup() -> int:
+    engine = detect_engine()
+    removed, kept = remove_leftovers(engine, ROLE)
+    for item in removed:
+        print(f"removed run-docker container {item.name} ({item.module})")
+    for item in kept:
+        print(f"kept run-docker container {item.name}: its run is still going")
+    if not removed and not kept:
+        print("no run-docker containers left over")
+    return 0
+
+
+if __name__ == "__main__":
+    main()
