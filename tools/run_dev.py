@@ -147,12 +147,20 @@ def _catch_all_example(labels: list[str]) -> dict:
 
 
 def curl_line(base_url: str, cord: Cord) -> str:
+    example = dict(cord.example) if isinstance(cord.example, dict) else cord.example
+    if isinstance(example, dict):
+        example.pop("_path", None)
     parts = ["curl", "-sS"]
     if cord.stream:
         parts.append("-N")
     if cord.method != "GET":
         parts += ["-X", cord.method]
-    parts.append(base_url + cord.public_path)
+    url = base_url + cord.public_path
+    if cord.method not in ("POST", "PUT", "PATCH") and isinstance(example, dict) and example:
+        from urllib.parse import urlencode
+
+        url += "?" + urlencode(example, doseq=True)
+    parts.append(url)
     if cord.binary_type:
         from tools.proxy import extension_for
 
@@ -162,9 +170,16 @@ def curl_line(base_url: str, cord: Cord) -> str:
     parts += ["-H", "Content-Type: application/json"]
     if cord.file_fields:
         # the file goes base64-encoded in the JSON: let the shell do it
-        fields = ", ".join(f'\\"{name}_base64\\": \\"$(base64 -w0 FILE)\\"' for name in cord.file_fields)
-        return shlex.join(parts) + ' -d "{' + fields + '}"'
-    return shlex.join(parts + ["-d", json.dumps(cord.example or {})])
+        fields = [f'\\"{name}_base64\\": \\"$(base64 -w0 FILE)\\"' for name in cord.file_fields]
+        for key, value in (example or {}).items():
+            fields.append(_in_double_quotes(json.dumps(key)) + ": " + _in_double_quotes(json.dumps(value)))
+        return shlex.join(parts) + ' -d "{' + ", ".join(fields) + '}"'
+    return shlex.join(parts + ["-d", json.dumps(example if example is not None else {})])
+
+
+def _in_double_quotes(text: str) -> str:
+    """`text` escaped for the inside of a shell double-quoted string."""
+    return "".join("\\" + ch if ch in '"\\$`' else ch for ch in text)
 
 
 def cord_table(base_url: str, cords: list[Cord]) -> str:
