@@ -59,9 +59,14 @@ class Engine:
 
     def call(self, *args: str, timeout: float = 60, check: bool = False) -> subprocess.CompletedProcess:
         """Run the engine quietly; a process in its own session, so a terminal Ctrl-C reaches only us."""
+        return self.run_argv(self.command(*args), timeout=timeout, check=check)
+
+    def run_argv(self, argv: list[str], timeout: float = 60, check: bool = False) -> subprocess.CompletedProcess:
+        """`call` for a full command line (starting with this engine's words)."""
+        args = argv[len(self.argv):] or [""]
         try:
             proc = subprocess.run(
-                self.command(*args),
+                argv,
                 stdin=subprocess.DEVNULL,
                 capture_output=True,
                 text=True,
@@ -430,18 +435,7 @@ class Container:
         env_file = write_env_file(self.spec.env) if self.spec.env else None
         try:
             self.started = True  # from here on, remove() must run: the engine may create it
-            proc = subprocess.run(
-                run_argv(self.engine, self.spec, env_file),
-                stdin=subprocess.DEVNULL,
-                capture_output=True,
-                text=True,
-                timeout=timeout,
-                start_new_session=True,
-            )
-        except subprocess.TimeoutExpired:
-            raise EngineError(f"`{self.engine.label} run` did not finish within {timeout:g}s") from None
-        except OSError as exc:
-            raise EngineError(f"cannot run {self.engine.argv[0]}: {exc.strerror or exc}") from None
+            proc = self.engine.run_argv(run_argv(self.engine, self.spec, env_file), timeout=timeout)
         finally:
             remove_env_file(env_file)
         if proc.returncode != 0:
