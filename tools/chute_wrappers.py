@@ -206,7 +206,7 @@ def load_route_manifest(
     *,
     manifest_path: str | os.PathLike | None = None,
 ) -> list[Route]:
-    """Routes from the manifest, merged with `static_routes` (duplicates by path+method skipped).
+    """Routes from the manifest, merged with `static_routes` (duplicates by path+method+port skipped).
 
     The manifest is the first of: `CHUTES_ROUTE_MANIFEST_JSON` (inline JSON), `CHUTES_ROUTE_MANIFEST`
     (a file), `manifest_path`, `<caller>.routes.json` beside the calling module. None at all is fine

@@ -650,7 +650,7 @@ class Result:
 
 
 def build_manifest(outcomes: dict[int, Outcome], static: Sequence[Route]) -> tuple[Manifest, int]:
-    """Routes of every port with a spec, then the module's static routes (new path+method only)."""
+    """Routes of every port with a spec, then the module's static routes (new path+method+port only)."""
     routes: list[Route] = []
     skipped: list[dict] = []
     for port, outcome in outcomes.items():

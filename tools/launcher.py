@@ -182,6 +182,21 @@ class ServiceLauncher:
         logger.info(f"{self.name} stopped (status {proc.returncode})")
 
 
+def _sigterm_like_sigint() -> None:
+    """Make SIGTERM stop the chute as Ctrl-C does, when nothing else handles it.
+
+    `chutes run` installs no SIGTERM handler. As a container's PID 1 the kernel then ignores
+    SIGTERM, so `docker stop` waits its grace period and kills everything with SIGKILL: the
+    shutdown hooks never run. Re-sending SIGTERM as SIGINT gives the graceful path in both cases.
+    """
+    if signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, None):
+        return
+    try:
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, os.kill, os.getpid(), signal.SIGINT)
+    except (NotImplementedError, RuntimeError, ValueError):
+        pass  # not the main thread, or a platform without loop signal handlers
+
+
 def attach_service(
     chute: "Chute",
     entrypoint: str | Sequence[str] | None,
@@ -203,6 +218,7 @@ def attach_service(
 
     @chute.on_startup(priority=10)
     async def start_wrapped_service(self) -> None:
+        _sigterm_like_sigint()
         if launcher is not None:
             await launcher.start()
         try:

@@ -361,15 +361,22 @@ def decode_json(text: str, source: str) -> Any:
 
 
 def merge_routes(primary: Iterable[Route], extra: Iterable[Route]) -> tuple[list[Route], list[Route]]:
-    """Primary routes, then each extra route whose path+method is new; returns (merged, duplicates)."""
+    """Primary routes, then each extra route that is new; returns (merged, duplicates).
+
+    A route duplicates another with the same path and method on the same port; a route with no
+    port (the module's default) duplicates one on any port. The same path on two ports is two routes.
+    """
     merged = list(primary)
-    seen = {route.key for route in merged}
+    ports: dict[tuple[str, str], set[int | None]] = {}
+    for route in merged:
+        ports.setdefault(route.key, set()).add(route.port)
     duplicates = []
     for route in extra:
-        if route.key in seen:
+        taken = ports.setdefault(route.key, set())
+        if taken and (route.port is None or None in taken or route.port in taken):
             duplicates.append(route)
             continue
-        seen.add(route.key)
+        taken.add(route.port)
         merged.append(route)
     return merged, duplicates
 

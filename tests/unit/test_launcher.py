@@ -100,3 +100,29 @@ async def test_missing_command_is_a_service_error():
     launcher = ServiceLauncher(["/nonexistent/serve"])
     with pytest.raises(ServiceError, match="not found"):
         await launcher.start()
+
+
+def test_sigterm_is_turned_into_ctrl_c_only_when_nothing_handles_it():
+    """As PID 1, `chutes run` ignores SIGTERM: we re-send it as SIGINT so shutdown hooks run."""
+    import subprocess
+    from pathlib import Path
+
+    script = (
+        "import asyncio, os, signal, sys\n"
+        "from tools.launcher import _sigterm_like_sigint\n"
+        "if sys.argv[1] == 'own': signal.signal(signal.SIGTERM, lambda *a: print('own handler', flush=True))\n"
+        "async def main():\n"
+        "    _sigterm_like_sigint()\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    await asyncio.sleep(2)\n"
+        "    print('still running', flush=True)\n"
+        "try:\n"
+        "    asyncio.run(main())\n"
+        "except KeyboardInterrupt:\n"
+        "    print('interrupted', flush=True)\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    plain = subprocess.run([sys.executable, "-c", script, "plain"], cwd=root, capture_output=True, text=True, timeout=60)
+    assert plain.stdout.strip() == "interrupted", plain.stderr
+    own = subprocess.run([sys.executable, "-c", script, "own"], cwd=root, capture_output=True, text=True, timeout=60)
+    assert own.stdout.split() == ["own", "handler", "still", "running"], own.stderr

@@ -164,10 +164,15 @@ def test_missing_file_is_a_clear_error(tmp_path):
 
 def test_merge_keeps_primary_and_reports_duplicates():
     primary = [Route("/a", "POST", 1), Route("/b", "GET", 1)]
-    extra = [Route("/a", "POST", 2), Route("/a", "GET", 2)]
+    extra = [Route("/a", "POST", 1), Route("/a", "GET", 2), Route("/b", "GET", 2), Route("/b", "GET", None)]
     merged, dupes = merge_routes(primary, extra)
-    assert [(r.path, r.method, r.port) for r in merged] == [("/a", "POST", 1), ("/b", "GET", 1), ("/a", "GET", 2)]
-    assert dupes == [Route("/a", "POST", 2)]
+    assert [(r.path, r.method, r.port) for r in merged] == [
+        ("/a", "POST", 1), ("/b", "GET", 1), ("/a", "GET", 2), ("/b", "GET", 2)
+    ]
+    assert dupes == [Route("/a", "POST", 1), Route("/b", "GET", None)]
+    # a route on the default port (None) duplicates the same path+method on any port
+    merged, dupes = merge_routes([Route("/h", "GET", None)], [Route("/h", "GET", 8080)])
+    assert len(merged) == 1 and dupes == [Route("/h", "GET", 8080)]
 
 
 def test_written_manifest_reads_back_identically(tmp_path):
