@@ -314,8 +314,8 @@ def register_passthrough_routes(
 ) -> RegistrationReport:
     """Register a cord for every route; skip what cannot be a cord, with the reason.
 
-    JSON-in/JSON-out routes (and streams) become SDK passthrough cords; routes with an upload, a form,
-    a binary or text answer, or query parameters become proxy cords (tools.proxy) that carry them.
+    JSON-in/JSON-out routes become SDK passthrough cords; routes with an upload, a form, a binary or
+    text answer, query parameters or a streamed answer become proxy cords (tools.proxy) that carry them.
     `overrides` maps "METHOD /path" to {"mode": "passthrough"|"proxy", "timeout": s, "file_fields":
     {name: content_type}}. `catch_all` (e.g. "/proxy") adds one cord that reaches routes with path
     parameters, strictly by the manifest's templates. `upstream_error_status` is the status a proxy

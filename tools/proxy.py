@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, AsyncIterator, Mapping
 from urllib.parse import quote
 
 import aiohttp
+from loguru import logger
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
@@ -38,6 +39,7 @@ SMALL_BODY = 1 << 20  # answers up to this size are read whole; larger ones are 
 CHUNK = 1 << 16
 MAX_PROXY_PATH = 2048
 RETRY_AFTER_SECONDS = "5"
+KEEPALIVE_SECONDS = 2.0
 _HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade",
                 "proxy-authenticate", "proxy-authorization", "content-length", "content-encoding"}
 _DATA_URL_RE = re.compile(r"^data:([^;,]*)(;[^,]*)?,(.*)$", re.S)
@@ -123,7 +125,9 @@ class UpstreamPool:
         loop = asyncio.get_running_loop()
         session = self._sessions.get(loop)
         if session is None or session.closed:
-            connector = aiohttp.TCPConnector(limit=256, limit_per_host=0, keepalive_timeout=30)
+            # Idle connections are dropped before common servers drop them (uvicorn and Node: 5 s):
+            # a POST on a connection the service has just closed fails, and is not retried.
+            connector = aiohttp.TCPConnector(limit=256, limit_per_host=0, keepalive_timeout=KEEPALIVE_SECONDS)
             session = aiohttp.ClientSession(
                 connector=connector, auto_decompress=False, read_bufsize=CHUNK, trust_env=False,
                 timeout=aiohttp.ClientTimeout(total=None),
@@ -305,7 +309,8 @@ async def forward(pool: UpstreamPool, target: Target, outgoing: Outgoing, encryp
         upstream = await pool.session().request(outgoing.method, url, **kwargs)
     except asyncio.TimeoutError:
         return _error(504, f"the service did not answer {route.method} {outgoing.path} within {target.timeout:g}s")
-    except (aiohttp.ClientConnectionError, OSError):
+    except (aiohttp.ClientConnectionError, OSError) as exc:
+        logger.warning(f"{route.method} {outgoing.path} on port {target.port}: {type(exc).__name__}: {exc}")
         return _error(503, f"the service on port {target.port} is not answering (still starting, or stopped)")
 
     status = upstream.status

@@ -94,6 +94,9 @@ class Route:
             return f"{self.content_type or self.response_kind} response"
         if self.query_params:
             return "query parameters (" + ", ".join(self.query_params) + ")"
+        if self.stream:
+            # The SDK streams a passthrough answer with no content type: SSE clients need theirs.
+            return f"{self.content_type or 'streamed'} response"
         return None
 
     def to_json(self) -> dict:

@@ -160,6 +160,8 @@ def test_sse_stream_arrives_event_by_event(stack):
     chute, _ = stack
     with requests.post(f"{chute}/v1/stream", json={"count": 4}, stream=True, timeout=30) as answer:
         assert answer.status_code == 200
+        # the SDK's passthrough drops it; EventSource and OpenAI-style clients need it
+        assert answer.headers["content-type"].startswith("text/event-stream")
         events = [line for line in answer.iter_lines() if line.startswith(b"data: ")]
     assert [json.loads(e[6:])["index"] for e in events[:-1]] == [0, 1, 2, 3] and events[-1] == b"data: [DONE]"
 

@@ -191,7 +191,7 @@ def test_smoke_calls_every_cord_of_the_example_and_passes(tmp_path):
     rows = {line.split()[1]: line for line in result.stdout.splitlines() if line.startswith(("GET ", "POST "))}
     assert "200" in rows["/tts_to_audio"] and "proxy json->audio/wav" in rows["/tts_to_audio"]
     assert "proxy multipart->application/json" in rows["/inference"]
-    assert "passthrough json->stream" in rows["/v1/stream"]
+    assert "proxy json->stream" in rows["/v1/stream"]
     assert "catch-all" in rows["GET"]  # "POST  GET /v1/models/{model_id}  catch-all ..."
     assert "12 passed, 0 failed" in result.stdout
     assert not port_open(port) and not port_open(service_port)

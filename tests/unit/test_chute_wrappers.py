@@ -156,7 +156,7 @@ def test_routes_are_passthrough_or_proxy_by_their_kinds():
     modes = {item.route.path: item.mode for item in report.registered}
     assert modes == {
         "/inference": "proxy", "/tts_to_audio/": "proxy", "/v1/models": "proxy", "/v1/text": "proxy",
-        "/v1/echo": "passthrough", "/v1/stream": "passthrough", "/health": "passthrough",
+        "/v1/echo": "passthrough", "/v1/stream": "proxy", "/health": "passthrough",
     }
     proxied = {c.public_api_path: c for c in chute.cords if not c._passthrough}
     # a proxy cord's handler is ours, not the SDK's bound method
