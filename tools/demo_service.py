@@ -242,7 +242,7 @@ def add_audio_routes(app: FastAPI) -> None:
 
 def add_openai_routes(app: FastAPI) -> None:
     @app.post("/v1/audio/transcriptions", operation_id="create_transcription")
-    async def create_transcription(file: UploadFile = File(...), model: str = Form(...)) -> Dict[str, Any]:
+    async def create_transcription(file: UploadFile = File(...), model: str = Form(..., examples=["demo-whisper-1"])) -> Dict[str, Any]:
         """OpenAI-style transcription of an uploaded audio file."""
         result = await describe_upload(file)
         result["model"] = model
@@ -261,7 +261,7 @@ def add_openai_routes(app: FastAPI) -> None:
         operation_id="get_model",
         responses={404: media_response("Unknown model", "application/json", ERROR_SCHEMA)},
     )
-    async def get_model(model_id: str = Path(...)) -> Dict[str, Any]:
+    async def get_model(model_id: str = Path(..., examples=["demo-tts-1"])) -> Dict[str, Any]:
         for model in DEMO_MODELS:
             if model["id"] == model_id:
                 return model

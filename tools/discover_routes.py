@@ -54,7 +54,15 @@ from tools.containers import (
 )
 from tools.errors import ServiceError, WrapperError, run_cli
 from tools.openapi import PROBE_PATHS, SpecError, convert_document, decode_document
-from tools.routes import Manifest, Route, coerce_routes, merge_routes, sdk_path_re, write_manifest
+from tools.routes import (
+    Manifest,
+    Route,
+    coerce_routes,
+    decide_public_path,
+    merge_routes,
+    sdk_path_re,
+    write_manifest,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 PROG = "discover_routes"
@@ -721,7 +729,11 @@ def summary(result: Result) -> str:
         kinds += f" -> {route.response_kind}"
         if route.content_type and route.response_kind != "json":
             kinds += f" {route.content_type}"
-        public = route.public_path or "(path parameters)"
+        if route.path_params:
+            public = "(path parameters)"
+        else:
+            decision = decide_public_path(route.path, route.method, route.public_path)
+            public = decision.public_path or f"(skipped: {decision.skip_reason})"
         lines.append(f"  {route.method:<6} {route.path:<32} {public:<28} {kinds}")
     for entry in result.manifest.skipped:
         lines.append(f"  skipped {entry.get('method')} {entry.get('path')}: {entry.get('reason')}")

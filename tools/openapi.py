@@ -220,6 +220,7 @@ def _convert_operation(
         out.skipped.append({"path": path, "method": method, "port": port, "reason": request.skip_reason})
         return
     path_params = _unique([p["name"] for p in params if p.get("in") == "path"] + template_params)
+    example = _with_parameter_examples(resolver, request, params, path_params)
     out.routes.append(
         Route(
             path=path,
@@ -234,10 +235,64 @@ def _convert_operation(
             content_type=content_type,
             query_params=tuple(_unique(p["name"] for p in params if p.get("in") == "query")),
             path_params=tuple(path_params),
-            example=request.example,
+            example=example,
             source="openapi",
         )
     )
+
+
+def _with_parameter_examples(resolver: Resolver, request: "RequestShape", params: list[dict], path_params: list[str]) -> Any:
+    """The request's example plus the parameters a call needs: every path parameter (under `_path`)
+    and the required or exemplified query parameters (top level for bodiless routes, else `_query`)."""
+    example = request.example
+    by_name = {p["name"]: p for p in params if p.get("in") == "path"}
+    path_values = _parameter_examples(resolver, [by_name.get(name, {"name": name}) for name in path_params], every=True)
+    query = [p for p in params if p.get("in") == "query"]
+    query_values = _parameter_examples(resolver, query)
+    if not path_values and not query_values:
+        return example
+    if example is not None and not isinstance(example, dict):
+        return example  # a non-object body has no room for parameters
+    out = dict(example or {})
+    if query_values:
+        if request.kind == "none":
+            for key, value in query_values.items():
+                out.setdefault(key, value)
+        else:
+            out.setdefault("_query", query_values)
+    if path_values:
+        out["_path"] = path_values
+    return _jsonable(out)
+
+
+def _parameter_examples(resolver: Resolver, params: list[dict], every: bool = False) -> dict:
+    """name -> example for the required parameters, those with an example or default, or `every` one."""
+    values: dict = {}
+    for param in params:
+        name = param.get("name")
+        if not isinstance(name, str) or not name:
+            continue
+        schema = param.get("schema") if isinstance(param.get("schema"), Mapping) else param  # Swagger 2: inline
+        declared = "example" in param or (isinstance(schema, Mapping) and any(
+            key in schema for key in ("example", "default", "enum", "const")))
+        if not (every or param.get("required") is True or declared):
+            continue
+        if "example" in param:
+            value = param["example"]
+        else:
+            value = example_of(resolver, schema, name)
+        values[name] = "example" if value is None and every else value
+    return {key: value for key, value in values.items() if value is not None}
+
+
+def _form_example(resolver: Resolver, media: Mapping, file_fields: list[str]) -> Any:
+    """The form's non-file fields with example values (required ones and those with an example)."""
+    if "example" in media and isinstance(media["example"], Mapping):
+        value = {k: v for k, v in media["example"].items() if k not in file_fields}
+    else:
+        built = example_of(resolver, media.get("schema"), top=True)
+        value = {k: v for k, v in built.items() if k not in file_fields} if isinstance(built, Mapping) else {}
+    return _jsonable(value) or None
 
 
 def _unique(names) -> list[str]:
@@ -341,7 +396,8 @@ def _openapi_request(resolver: Resolver, operation: Mapping) -> RequestShape:
                     if isinstance(ctype_of_part, str) and not is_json_type(media_type(ctype_of_part)) \
                             and not media_type(ctype_of_part).startswith("text/plain"):
                         fields.append(str(name))
-            return RequestShape(kind, file_fields=_unique(fields))
+            fields = _unique(fields)
+            return RequestShape(kind, file_fields=fields, example=_form_example(resolver, media, fields))
     raw = ", ".join(sorted(types))
     return RequestShape(
         skip_reason=f"request body is raw {raw}: only JSON, multipart and form bodies are carried (add a static route if needed)"
@@ -359,11 +415,12 @@ def _swagger_request(resolver: Resolver, doc: Mapping, operation: Mapping, param
     files = [p["name"] for p in form if p.get("type") == "file"]
     multipart = any(t.startswith("multipart/") for t in consumes)
     urlencoded = "application/x-www-form-urlencoded" in consumes
+    example = _jsonable(_parameter_examples(resolver, [p for p in form if p["name"] not in files])) or None
     if multipart and (files or not urlencoded):
-        return RequestShape("multipart", file_fields=_unique(files))
-    if urlencoded or not files:
-        return RequestShape("form", file_fields=_unique(files))  # urlencoded may still declare files
-    return RequestShape("multipart", file_fields=_unique(files))
+        return RequestShape("multipart", file_fields=_unique(files), example=example)
+    if urlencoded or not files:  # urlencoded may still declare files
+        return RequestShape("form", file_fields=_unique(files), example=example)
+    return RequestShape("multipart", file_fields=_unique(files), example=example)
 
 
 def _list_of_types(value: Any) -> list[str]:
@@ -599,6 +656,10 @@ def _object_example(resolver: Resolver, schema: Mapping, seen: frozenset, depth:
             value = example_of(resolver, prop, prop_name, seen, depth + 1)
             if value is not None or prop_name in required:
                 out[prop_name] = value
+    free_form = not props and not any(key in schema for key in ("allOf", "anyOf", "oneOf", "properties"))
+    if free_form and schema.get("additionalProperties", True) is not False and set(_types(schema)) <= {"object"}:
+        # A free-form object: `{}` would do, but SDK passthrough cords send no body for `{}`.
+        out["key"] = "value"
     return out
 
 

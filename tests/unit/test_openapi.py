@@ -412,3 +412,59 @@ def test_broken_documents_are_one_line_errors(body, ctype, message):
 )
 def test_bodies_that_are_not_specs_are_not_errors(body, ctype):
     assert decode_document(body, "x", ctype) is None
+
+
+def test_examples_carry_form_fields_parameters_and_never_an_empty_body():
+    """What --smoke sends comes from these: a discovered manifest must make callable requests."""
+    doc = {
+        "openapi": "3.1.0",
+        "info": {"title": "t", "version": "1"},
+        "paths": {
+            "/transcribe": {"post": {"requestBody": {"content": {"multipart/form-data": {"schema": {
+                "type": "object", "required": ["file", "model"],
+                "properties": {"file": {"type": "string", "format": "binary"},
+                               "model": {"type": "string", "examples": ["whisper-1"]},
+                               "note": {"type": "string"}}}}}},
+                "responses": {"200": {"description": "ok"}}}},
+            "/models/{model_id}": {"get": {
+                "parameters": [{"name": "model_id", "in": "path", "required": True,
+                                "schema": {"type": "string", "example": "m-1"}},
+                               {"name": "verbose", "in": "query", "schema": {"type": "boolean", "default": False}},
+                               {"name": "unused", "in": "query", "schema": {"type": "string"}}],
+                "responses": {"200": {"description": "ok"}}}},
+            "/items/{item_id}": {"post": {
+                "parameters": [{"name": "item_id", "in": "path", "required": True, "schema": {"type": "integer", "minimum": 7}},
+                               {"name": "dry", "in": "query", "required": True, "schema": {"type": "boolean"}}],
+                "requestBody": {"content": {"application/json": {"schema": {"type": "object", "properties": {
+                    "a": {"type": "integer"}}, "required": ["a"]}}}},
+                "responses": {"200": {"description": "ok"}}}},
+            "/echo": {"post": {"requestBody": {"content": {"application/json": {"schema": {
+                "type": "object", "additionalProperties": True}}}}, "responses": {"200": {"description": "ok"}}}},
+            "/closed": {"post": {"requestBody": {"content": {"application/json": {"schema": {
+                "type": "object", "additionalProperties": False}}}}, "responses": {"200": {"description": "ok"}}}},
+        },
+    }
+    routes = {r.path: r for r in convert_document(doc, 1, "t").routes}
+    assert routes["/transcribe"].example == {"model": "whisper-1"}  # the file field comes from --smoke's sample
+    assert routes["/models/{model_id}"].example == {"verbose": False, "_path": {"model_id": "m-1"}}
+    item = routes["/items/{item_id}"].example
+    assert item["_path"]["item_id"] >= 7 and isinstance(item["_path"]["item_id"], int)
+    assert item["_query"] == {"dry": True} or item["_query"] == {"dry": False}
+    assert isinstance(item["a"], int)
+    # the SDK's passthrough sends no body at all for `{}`: a free-form object gets one entry
+    assert routes["/echo"].example == {"key": "value"}
+    assert routes["/closed"].example == {}
+
+
+def test_swagger_form_examples_skip_file_parameters():
+    doc = {
+        "swagger": "2.0", "info": {"title": "t", "version": "1"},
+        "paths": {"/up": {"post": {"consumes": ["multipart/form-data"], "parameters": [
+            {"name": "audio", "in": "formData", "type": "file", "required": True},
+            {"name": "lang", "in": "formData", "type": "string", "required": True, "enum": ["en", "de"]},
+            {"name": "extra", "in": "formData", "type": "string"}],
+            "responses": {"200": {"description": "ok"}}}}},
+    }
+    route = convert_document(doc, 1, "t").routes[0]
+    assert route.request_kind == "multipart" and route.file_fields == ("audio",)
+    assert route.example == {"lang": "en"}

@@ -379,3 +379,19 @@ def test_unwritable_output_is_refused_before_anything_starts(tmp_path):
 def test_a_port_is_never_judged_silent_before_it_was_probed():
     watch = PortWatch(8020, "http://127.0.0.1:8020", PATHS, started=0.0)
     assert watch.evaluate(60.0, BOUNDS) is None
+
+
+def test_summary_shows_the_public_path_of_static_routes_too():
+    from tools.discover_routes import Outcome, Result, summary
+    from tools.routes import Manifest, Route
+
+    manifest = Manifest(routes=[
+        Route("/inference", "POST", 8080, request_kind="multipart", file_fields=("file",), source="static"),
+        Route("/tts_to_audio/", "POST", 8020, public_path="/tts_to_audio", response_kind="binary", content_type="audio/wav"),
+        Route("/v1/models/{model_id}", "GET", 8020, path_params=("model_id",)),
+    ])
+    text = summary(Result(manifest, None, {8020: Outcome("spec", "", url="http://127.0.0.1:8020/openapi.json")}))
+    rows = {line.split()[1]: line for line in text.splitlines() if line.startswith("  ")}
+    assert rows["/inference"].split()[2] == "/inference"
+    assert rows["/tts_to_audio/"].split()[2] == "/tts_to_audio"
+    assert "(path parameters)" in rows["/v1/models/{model_id}"]
