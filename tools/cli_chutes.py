@@ -39,6 +39,9 @@ NOISE_RE = re.compile(r"\|\s*DEBUG\s*\||- Loading chutes config from ")
 INSPECTO_PROBE = ("run", "does_not_exist:chute", "--generate-inspecto-hash")
 
 
+SETUP_ERROR = "chutes-wrappers: error: "
+
+
 @dataclass
 class Outcome:
     """What one `chutes` run printed (ANSI stripped) and how it exited."""
@@ -57,7 +60,10 @@ class Outcome:
         return found
 
     def failure(self, what: str) -> WrapperError:
-        errors = self.errors()
+        # Our image setup script's own error line (tools/wrapper_image.py) says more than the
+        # builder's "exit status 1" that follows it.
+        ours = [line.split(SETUP_ERROR, 1)[1].strip() for line in self.text.splitlines() if SETUP_ERROR in line]
+        errors = ours or self.errors()
         reason = errors[-1] if errors else (f"exit status {self.code}" if self.code else "no success message")
         return WrapperError(f"{what} failed: {reason}")
 

@@ -32,6 +32,8 @@ from tools.errors import ServiceError, WrapperError, run_cli
 from tools.run_dev import cord_table, cords_of, http_answers, import_module, locate_module
 
 ROLE = "run-docker"
+# What `chutes run` logs when the chute's startup raised (it then sleeps 60 s before exiting).
+STARTUP_FAILED = "Unexpected error executing _run_chute()"
 APP_DIR = "/app"  # where `chutes build` puts the module (and where `chutes run` looks for it)
 
 
@@ -81,10 +83,13 @@ def run(args: argparse.Namespace) -> int:
     remove_leftovers(engine, ROLE, name)
     stop = threading.Event()
     streaming = threading.Event()
+    crashed = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
 
     def on_log(line: str) -> None:
+        if STARTUP_FAILED in line:
+            crashed.set()
         if streaming.is_set():
             print(f"[container] {line}", flush=True)
 
@@ -94,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         container.start()
         base_url = f"http://127.0.0.1:{args.port}"
-        wait_ready(container, base_url, args.timeout, stop)
+        wait_ready(container, base_url, args.timeout, stop, crashed)
         print(cord_table(base_url, cords_of(module)), flush=True)
         print("ready: streaming the container's log; Ctrl-C stops and removes the container", flush=True)
         for line in container.last_lines(40):
@@ -113,7 +118,26 @@ def run(args: argparse.Namespace) -> int:
         print(f"removed container {spec.name}", flush=True)
 
 
-def wait_ready(container: Container, base_url: str, timeout: float, stop: threading.Event) -> None:
+def startup_error(lines: list[str]) -> str:
+    """What `chutes run` reported, without its traceback: the marker line's message and what follows
+    up to the traceback (the service's last output, for a service that exited)."""
+    for index in range(len(lines) - 1, -1, -1):
+        head, marker, message = lines[index].partition(STARTUP_FAILED)
+        if marker:
+            rest = []
+            for line in lines[index + 1:]:
+                if line.startswith("Traceback (most recent call last)"):
+                    break
+                rest.append(line)
+            return "\n".join([message.strip().lstrip(":").strip(), *rest]).strip() or "(no message)"
+    return "\n".join(lines[-30:]) or "(no output)"
+
+
+def wait_ready(
+    container: Container, base_url: str, timeout: float, stop: threading.Event, crashed: threading.Event | None = None
+) -> None:
+    """Until the chute answers; fails at once when the container exits or `chutes run` reports that
+    its startup failed (it then sleeps 60 s before exiting, to keep its log server up)."""
     started = time.monotonic()
     tty = sys.stdout.isatty()
     last_line = -1.0
@@ -125,6 +149,11 @@ def wait_ready(container: Container, base_url: str, timeout: float, stop: thread
                 print()
             tail = "\n".join(container.last_lines(30)) or "(no output)"
             raise ServiceError(f"the container exited with status {code} before the chute answered; last output:\n{tail}")
+        if crashed is not None and crashed.is_set():
+            if tty:
+                print()
+            time.sleep(0.5)  # the rest of the error is still arriving
+            raise ServiceError(f"the chute failed to start: {startup_error(container.last_lines(200))}")
         if stop.is_set():
             if tty:
                 print()

@@ -239,6 +239,8 @@ def _script_lines(python: str | None, families: list[str], packages: list[str], 
         "set -e",
         "umask 022",
         'say() { echo "chutes-wrappers: $*" >&2; }',
+        # deploy.sh --build reports the last such line as the reason the build failed.
+        'fail() { echo "chutes-wrappers: error: $*" >&2; exit 1; }',
         f"W={STATE_DIR}",
         'mkdir -p "$W"',
         # Where and how the base image runs its service: the launcher restores these for it.
@@ -278,7 +280,7 @@ def _script_lines(python: str | None, families: list[str], packages: list[str], 
         "}",
         f"PKGS={shlex.quote(' '.join(packages))}",
         'if [ -n "$PKGS" ]; then',
-        f'[ -n "$PM" ] || {{ say "cannot install $PKGS: no package manager ({manager_names}) in this base image"; exit 1; }}',
+        f'[ -n "$PM" ] || fail "cannot install $PKGS: no package manager ({manager_names}) in this base image"',
         "pm_install $PKGS",
         "fi",
         "NEED=",
@@ -288,10 +290,9 @@ def _script_lines(python: str | None, families: list[str], packages: list[str], 
         *_branches(families, "python"),
         "fi",
         "if ! find_python || ! venv_ok; then",
-        f'say "this base image has no Python >= 3.10 that can create a venv, and no way to install one'
+        f'fail "this base image has no Python >= 3.10 that can create a venv, and no way to install one'
         f' (package managers tried: {manager_names}); use {need_base} or any image with python3 >= 3.10'
         ' and its venv module"',
-        "exit 1",
         "fi",
         'say "using $PY (Python $(pyver))"',
         # The user the chute runs as.
@@ -319,12 +320,12 @@ def _script_lines(python: str | None, families: list[str], packages: list[str], 
         "command -v cc >/dev/null 2>&1 || command -v gcc >/dev/null 2>&1 || BUILD=compiler",
         "headers_ok || BUILD=\"$BUILD headers\"",
         'if [ -n "$BUILD" ]; then pm_build_deps $BUILD; fi',
-        f'"$PY" -m venv {VENV_DIR}',
+        f'"$PY" -m venv {VENV_DIR} || fail "$PY could not create a virtualenv in {VENV_DIR} (see above)"',
         f"if [ -f {CA_BUNDLE} ]; then export PIP_CERT={CA_BUNDLE}; fi",
         'export PIP_ROOT_USER_ACTION=ignore PIP_DEFAULT_TIMEOUT="${PIP_DEFAULT_TIMEOUT:-60}"',
         f'"{VENV_DIR}/bin/python" -m pip install --no-cache-dir --disable-pip-version-check'
-        f' "chutes=={version}" || {{ say "pip could not install chutes=={version} (see above);'
-        ' it needs network access and a C compiler with Python headers to build netifaces"; exit 1; }',
+        f' "chutes=={version}" || fail "pip could not install chutes=={version} (see above);'
+        ' it needs network access and a C compiler with Python headers to build netifaces"',
         "pm_remove_build_deps",
         f'chown -R "{user}:$G" {VENV_DIR}',
         f'rm -f "$W/pkgs.before"',

@@ -133,3 +133,35 @@ def test_seed_from_a_hotkey_file(tmp_path):
     path.write_text('{"encrypted": true}')
     with pytest.raises(WrapperError, match="holds no secretSeed"):
         account.seed_from_hotkey_file(path)
+
+
+def test_run_docker_reports_a_failed_chute_startup_without_the_traceback():
+    from tools.cli_run_docker import startup_error
+
+    lines = [
+        "2026-11-30 | INFO | starting service",
+        "2026-11-30 | ERROR | chutes.entrypoint.run:_logged_run:2622 - Unexpected error executing _run_chute(): "
+        "service exited with status 3 during startup; last output:",
+        "asr-server: error: failed to open /models/m.bin",
+        "Traceback (most recent call last):",
+        '  File "run.py", line 1, in _logged_run',
+        "ServiceError: ...",
+    ]
+    assert startup_error(lines) == (
+        "service exited with status 3 during startup; last output:\nasr-server: error: failed to open /models/m.bin"
+    )
+    # no report from `chutes run`: the container's last lines
+    assert startup_error(["a", "b"]) == "a\nb"
+
+
+def test_a_failed_build_reports_the_setup_scripts_own_error_line():
+    text = (
+        "STEP 2/10: RUN sh -c ...\n"
+        "chutes-wrappers: error: this base image has no Python >= 3.10 that can create a venv\n"
+        "Error: building at STEP \"RUN ...\": while running runtime: exit status 1\n"
+        "2026-11-30 | ERROR | chutes.image:build:1 - Image build failed, check the logs above\n"
+    )
+    error = Outcome(["chutes", "build"], 1, text).failure("chutes build")
+    assert str(error).startswith("chutes build failed: this base image has no Python >= 3.10")
+    plain = Outcome(["chutes", "build"], 1, text.replace("chutes-wrappers: error: ", "")).failure("chutes build")
+    assert "Image build failed" in str(plain)
