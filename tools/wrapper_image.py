@@ -328,7 +328,7 @@ def _script_lines(python: str | None, families: list[str], packages: list[str], 
         ' it needs network access and a C compiler with Python headers to build netifaces"',
         "pm_remove_build_deps",
         f'chown -R "{user}:$G" {VENV_DIR}',
-        f'rm -f "$W/pkgs.before"',
+        'rm -f "$W/pkgs.before"',
     ]
     return lines
 
