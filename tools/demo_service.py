@@ -19,7 +19,7 @@ import wave
 from typing import IO, Any, AsyncIterator, Dict, List, Optional
 
 import uvicorn
-from fastapi import Body, FastAPI, File, Form, HTTPException, Path, Query, UploadFile
+from fastapi import Body, FastAPI, File, Form, HTTPException, Path, Query, Request, UploadFile
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
@@ -238,6 +238,27 @@ def add_audio_routes(app: FastAPI) -> None:
         result = await describe_upload(file)
         result.update(response_format=response_format, temperature=temperature)
         return result
+
+    @app.post(
+        "/v1/audio/raw",
+        operation_id="transcribe_raw",
+        openapi_extra={"requestBody": {"required": True, "content": {
+            "audio/wav": {"schema": {"type": "string", "format": "binary"}}}}},
+    )
+    async def transcribe_raw(request: Request, language: str = Query("en")) -> Dict[str, Any]:
+        """Speech to text of a raw audio body (the WAV is the request body), like many ASR servers."""
+        digest, size, buffer = hashlib.sha256(), 0, io.BytesIO()
+        async for chunk in request.stream():
+            digest.update(chunk)
+            size += len(chunk)
+            buffer.write(chunk)
+        return {
+            "content_type": request.headers.get("content-type"),
+            "bytes": size,
+            "sha256": digest.hexdigest(),
+            "duration_s": await run_in_threadpool(wav_duration, buffer),
+            "language": language,
+        }
 
 
 def add_openai_routes(app: FastAPI) -> None:

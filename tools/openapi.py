@@ -231,6 +231,7 @@ def _convert_operation(
             public_path=None if template_params else decision.public_path,
             request_kind=request.kind,
             file_fields=tuple(request.file_fields),
+            request_content_type=request.content_type,
             response_kind=response_kind,
             content_type=content_type,
             query_params=tuple(_unique(p["name"] for p in params if p.get("in") == "query")),
@@ -273,12 +274,18 @@ def _parameter_examples(resolver: Resolver, params: list[dict], every: bool = Fa
         if not isinstance(name, str) or not name:
             continue
         schema = param.get("schema") if isinstance(param.get("schema"), Mapping) else param  # Swagger 2: inline
-        declared = "example" in param or (isinstance(schema, Mapping) and any(
+        declared = "example" in param or bool(param.get("examples")) or (isinstance(schema, Mapping) and any(
             key in schema for key in ("example", "default", "enum", "const")))
         if not (every or param.get("required") is True or declared):
             continue
+        listed = param.get("examples")  # OpenAPI 3: a map of Example objects (old FastAPI: a list)
+        if isinstance(listed, Mapping) and listed:
+            first, _ = resolver.deref(next(iter(listed.values())))
+            listed = [first.get("value")] if isinstance(first, Mapping) and "value" in first else None
         if "example" in param:
             value = param["example"]
+        elif isinstance(listed, list) and listed:
+            value = listed[0]
         else:
             value = example_of(resolver, schema, name)
         values[name] = "example" if value is None and every else value
@@ -362,6 +369,7 @@ class RequestShape:
     kind: str = "none"
     file_fields: list[str] = field(default_factory=list)
     example: Any = None
+    content_type: str | None = None  # a raw body's media type
     skip_reason: str | None = None
 
 
@@ -398,20 +406,21 @@ def _openapi_request(resolver: Resolver, operation: Mapping) -> RequestShape:
                         fields.append(str(name))
             fields = _unique(fields)
             return RequestShape(kind, file_fields=fields, example=_form_example(resolver, media, fields))
-    raw = ", ".join(sorted(types))
-    return RequestShape(
-        skip_reason=f"request body is raw {raw}: only JSON, multipart and form bodies are carried (add a static route if needed)"
-    )
+    # Anything else is a raw body (audio, image, octet-stream, text): sent upstream as bytes.
+    return RequestShape("raw", content_type=_raw_type(types))
 
 
 def _swagger_request(resolver: Resolver, doc: Mapping, operation: Mapping, params: list[dict]) -> RequestShape:
     body = next((p for p in params if p.get("in") == "body"), None)
+    consumes = _list_of_types(operation.get("consumes", doc.get("consumes")))
     if body is not None:
+        raw_types = [t for t in consumes if not is_json_type(t) and t not in _FORM_TYPES]
+        if raw_types and not any(is_json_type(t) for t in consumes):
+            return RequestShape("raw", content_type=_raw_type(dict.fromkeys(raw_types)))
         return RequestShape("json", example=_jsonable(example_of(resolver, body.get("schema"), top=True)))
     form = [p for p in params if p.get("in") == "formData"]
     if not form:
         return RequestShape()
-    consumes = _list_of_types(operation.get("consumes", doc.get("consumes")))
     files = [p["name"] for p in form if p.get("type") == "file"]
     multipart = any(t.startswith("multipart/") for t in consumes)
     urlencoded = "application/x-www-form-urlencoded" in consumes
@@ -421,6 +430,15 @@ def _swagger_request(resolver: Resolver, doc: Mapping, operation: Mapping, param
     if urlencoded or not files:  # urlencoded may still declare files
         return RequestShape("form", file_fields=_unique(files), example=example)
     return RequestShape("multipart", file_fields=_unique(files), example=example)
+
+
+_FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
+
+
+def _raw_type(types: Mapping[str, Any]) -> str:
+    """The raw body's media type to send: the first concrete one declared, else octet-stream."""
+    concrete = [t for t in types if t and "*" not in t]
+    return concrete[0] if concrete else "application/octet-stream"
 
 
 def _list_of_types(value: Any) -> list[str]:

@@ -40,6 +40,10 @@ CHUNK = 1 << 16
 MAX_PROXY_PATH = 2048
 RETRY_AFTER_SECONDS = "5"
 KEEPALIVE_SECONDS = 2.0
+# A raw request body (request kind "raw") in the caller's JSON; other keys become query parameters.
+RAW_BASE64_KEY, RAW_TEXT_KEY, RAW_TYPE_KEY = "body_base64", "body", "content_type"
+# Where a catch-all call carries the body, by the route's request kind (else "form").
+CATCH_ALL_BODY_KEY = {"json": "json", "raw": "raw"}
 _HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade",
                 "proxy-authenticate", "proxy-authorization", "content-length", "content-encoding"}
 _DATA_URL_RE = re.compile(r"^data:([^;,]*)(;[^,]*)?,(.*)$", re.S)
@@ -162,6 +166,7 @@ class Outgoing:
     json_body: Any = None
     has_json: bool = False
     data: Any = None
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 def _param_values(key: str, value: Any) -> list[tuple[str, str]]:
@@ -220,9 +225,11 @@ def build_outgoing(target: Target, payload: Any, caller_query: list[tuple[str, s
         for key, value in query.items():
             out.params += _param_values(key, value)
     kind = route.request_kind
+    if kind == "raw":
+        out.data, out.headers["Content-Type"] = _raw_body(route, body)
     declared = set(route.query_params)
     for key in list(body):
-        if kind == "none" or key in declared:
+        if kind in ("none", "raw") or key in declared:
             out.params += _param_values(key, body.pop(key))
     if kind == "json":
         if body or payload:
@@ -230,6 +237,28 @@ def build_outgoing(target: Target, payload: Any, caller_query: list[tuple[str, s
     elif kind in ("multipart", "form"):
         out.data = _form_data(target, body, force_multipart=kind == "multipart")
     return out
+
+
+def _raw_body(route: Route, body: dict) -> tuple[bytes, str]:
+    """A raw request body from `body_base64` (base64 or a data: URL) or `body` (a data: URL or text),
+    with `content_type` or the data URL's or the manifest's type; removes those keys from `body`."""
+    content_type = body.pop(RAW_TYPE_KEY, None)
+    if content_type is not None and not isinstance(content_type, str):
+        raise BadRequest(f"{RAW_TYPE_KEY}: expected a string like audio/wav")
+    if RAW_BASE64_KEY in body:
+        data, url_type = _decode_file(RAW_BASE64_KEY, body.pop(RAW_BASE64_KEY))
+        body.pop(RAW_TEXT_KEY, None)
+    elif RAW_TEXT_KEY in body:
+        value = body.pop(RAW_TEXT_KEY)
+        if not isinstance(value, str):
+            raise BadRequest(f"{RAW_TEXT_KEY}: expected a string (text or a data: URL)")
+        data, url_type = _decode_file(RAW_TEXT_KEY, value) if _is_data_url(value) else (value.encode(), None)
+    else:
+        raise BadRequest(
+            f"this route takes a raw {route.request_content_type or 'binary'} body: send it as"
+            f' "{RAW_BASE64_KEY}" (base64 or a data: URL) or "{RAW_TEXT_KEY}" (text)'
+        )
+    return data, content_type or url_type or route.request_content_type or _sniff(data)
 
 
 def _is_data_url(value: Any) -> bool:
@@ -304,6 +333,8 @@ async def forward(pool: UpstreamPool, target: Target, outgoing: Outgoing, encryp
         kwargs["json"] = outgoing.json_body
     elif outgoing.data is not None:
         kwargs["data"] = outgoing.data
+    if outgoing.headers:
+        kwargs["headers"] = outgoing.headers
     kwargs["timeout"] = aiohttp.ClientTimeout(total=target.timeout, connect=5.0)
     try:
         upstream = await pool.session().request(outgoing.method, url, **kwargs)
@@ -451,13 +482,13 @@ def make_catch_all_handler(chute: "Chute", templates: list[Template]):
         try:
             payload = await caller_payload(request)
             if not isinstance(payload, dict):
-                raise BadRequest('expected {"method": "GET", "path": "/...", "query": {...}, "json" | "form": {...}}')
+                raise BadRequest('expected {"method": "GET", "path": "/...", "query": {...}, "json" | "form" | "raw": {...}}')
             method = str(payload.get("method", "GET")).upper()
             path = check_proxy_path(payload.get("path"))
             template, allowed = match_template(templates, method, path)
             if template is None:
                 return _error(404, f"{method} {path} matches no route of this chute", allowed=allowed)
-            inner = payload.get("json") if template.route.request_kind == "json" else payload.get("form")
+            inner = payload.get(CATCH_ALL_BODY_KEY.get(template.route.request_kind, "form"))
             if inner is None:
                 inner = {}
             if isinstance(inner, dict):

@@ -19,7 +19,7 @@ from tools.errors import ManifestError
 MANIFEST_VERSION = 2
 HTTP_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
 UNSERVED_METHODS = ("HEAD", "OPTIONS", "TRACE", "CONNECT")
-REQUEST_KINDS = ("json", "multipart", "form", "none")
+REQUEST_KINDS = ("json", "multipart", "form", "raw", "none")
 RESPONSE_KINDS = ("json", "binary", "text", "stream")
 
 # First path segments that belong to a web UI or framework internals, never to the service's API.
@@ -70,6 +70,7 @@ class Route:
     function_name: str | None = None
     request_kind: str = "json"
     file_fields: tuple[str, ...] = ()
+    request_content_type: str | None = None  # a raw body's media type (request kind "raw")
     response_kind: str = "json"
     content_type: str | None = None
     query_params: tuple[str, ...] = ()
@@ -90,6 +91,8 @@ class Route:
         """Why the SDK's JSON-only passthrough cannot carry this route, or None when it can."""
         if self.request_kind in ("multipart", "form"):
             return f"{self.request_kind} request body"
+        if self.request_kind == "raw":
+            return f"raw {self.request_content_type or 'binary'} request body"
         if self.response_kind in ("binary", "text"):
             return f"{self.content_type or self.response_kind} response"
         if self.query_params:
@@ -111,6 +114,8 @@ class Route:
             "query_params": list(self.query_params),
             "path_params": list(self.path_params),
         }
+        if self.request_content_type:
+            out["request"]["content_type"] = self.request_content_type
         if self.public_path:
             out["public_path"] = self.public_path
         if self.function_name:
@@ -303,6 +308,9 @@ def parse_route(entry: Any, source: str, index: int, origin: str = "manifest") -
     content_type = response.get("content_type")
     if content_type is not None and not isinstance(content_type, str):
         raise ManifestError(f"{_where(source, index, 'response.content_type')}: expected a string")
+    request_content_type = request.get("content_type")
+    if request_content_type is not None and not isinstance(request_content_type, str):
+        raise ManifestError(f"{_where(source, index, 'request.content_type')}: expected a string")
     return Route(
         path=path,
         method=method.upper(),
@@ -313,6 +321,7 @@ def parse_route(entry: Any, source: str, index: int, origin: str = "manifest") -
         function_name=function_name,
         request_kind=request_kind,
         file_fields=_names(request.get("file_fields"), source, index, "request.file_fields"),
+        request_content_type=request_content_type,
         response_kind=response_kind,
         content_type=content_type,
         query_params=_names(entry.get("query_params"), source, index, "query_params"),

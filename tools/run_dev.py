@@ -124,7 +124,7 @@ def cords_of(module: ModuleType) -> list[Cord]:
                 upstream=upstream,
                 stream=bool(cord._stream),
                 example=example,
-                file_fields=item.route.file_fields if item else (),
+                file_fields=_file_fields(item.route) if item else (),
                 binary_type=item.route.content_type if item and item.route.response_kind == "binary" else None,
                 route=item.route if item else None,
                 mode=item.mode if item else ("catch-all" if is_catch_all else "module"),
@@ -132,6 +132,13 @@ def cords_of(module: ModuleType) -> list[Cord]:
             )
         )
     return cords
+
+
+def _file_fields(route) -> tuple[str, ...]:
+    """Fields a caller sends as `<name>_base64`: the form's files, or `body` for a raw body."""
+    if route.request_kind == "raw":
+        return ("body",)  # tools.proxy.RAW_BASE64_KEY is "body_base64"
+    return route.file_fields
 
 
 def _catch_all_example(labels: list[str]) -> dict:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import requests
 
 from tools.errors import run_cli
+from tools.proxy import CATCH_ALL_BODY_KEY, RAW_BASE64_KEY, RAW_TEXT_KEY, RAW_TYPE_KEY
 from tools.routes import Route
 from tools.run_dev import Cord, add_stack_arguments, dev_stack
 
@@ -86,6 +87,15 @@ def body_for(route: Route) -> dict:
         data, content_type = sample_file(field, route)
         example.setdefault(f"{field}_base64", base64.b64encode(data).decode())
         example.setdefault(f"{field}_content_type", content_type)
+    if route.request_kind == "raw" and not {RAW_BASE64_KEY, RAW_TEXT_KEY} & set(example):
+        declared = route.request_content_type or ""
+        if declared.startswith("text/"):
+            example[RAW_TEXT_KEY] = "Hello from chutes-wrappers"
+        else:
+            data, sampled = sample_file(declared, route)
+            example[RAW_BASE64_KEY] = base64.b64encode(data).decode()
+            declared = declared if declared and "*" not in declared else sampled
+        example.setdefault(RAW_TYPE_KEY, declared)
     return example
 
 
@@ -109,7 +119,7 @@ def plan(base_url: str, cords: list[Cord]) -> list[Call]:
                 inner = body_for(template)
                 payload = {"method": template.method, "path": path}
                 if inner:
-                    payload["json" if template.request_kind == "json" else "form"] = inner
+                    payload[CATCH_ALL_BODY_KEY.get(template.request_kind, "form")] = inner
                 calls.append(Call(f"{template.method} {template.upstream_path}", "catch-all", "POST", url, payload))
             continue
         body = body_for(route) if route else None

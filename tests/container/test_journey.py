@@ -155,6 +155,7 @@ def test_discovery_writes_the_manifest_from_the_spec_and_the_static_routes(disco
     assert len(spec_routes) >= 10  # the demo's OpenAPI routes
     assert routes[("POST", "/tts_to_audio/")]["response"]["content_type"] == "audio/wav"
     assert routes[("POST", "/inference")]["request"] == {"kind": "multipart", "file_fields": ["file"]}
+    assert routes[("POST", "/v1/audio/raw")]["request"] == {"kind": "raw", "file_fields": [], "content_type": "audio/wav"}
     assert routes[("GET", "/v1/models")]["query_params"] == ["limit", "owned_by"]
     assert routes[("POST", "/v1/stream")]["stream"] is True
     assert "{model_id}" in routes[("GET", "/v1/models/{model_id}")]["path"]
@@ -227,6 +228,11 @@ def check_transcription(status, headers, body):
     assert (answer["sha256"], answer["model"]) == (WAV_SHA, "demo-whisper-1")
 
 
+def check_raw_body(status, headers, body):
+    answer = ok_json(status, headers, body)
+    assert (answer["sha256"], answer["content_type"], answer["language"]) == (WAV_SHA, "audio/wav", "de")
+
+
 def check_whisper_upload(status, headers, body):
     answer = ok_json(status, headers, body)
     assert answer["sha256"] == WAV_SHA and answer["temperature"] == 0.2
@@ -293,6 +299,7 @@ CALLS = [
     Call("POST", "/tts_to_audio", check_tts, {"text": "Hello from the journey", "language": "en"}),
     Call("POST", "/inference", check_demo_upload, {"file_base64": WAV_B64, "file_filename": "clip.wav", "temperature": 0.3}),
     Call("POST", "/v1/audio/transcriptions", check_transcription, {"file_base64": WAV_B64, "model": "demo-whisper-1"}),
+    Call("POST", "/v1/audio/raw", check_raw_body, {"body_base64": WAV_B64, "language": "de"}),
     Call("POST", "/stt/inference", check_whisper_upload, {"file_base64": WAV_B64, "temperature": 0.2}),
     Call("GET", "/stt/whoami", check_whoami),
     Call("POST", "/v1/stream", check_stream, {"count": 3}),

@@ -164,6 +164,17 @@ def test_openai_transcription_echoes_model_and_hashes_upload(demo_service):
     assert result["duration_s"] == pytest.approx(0.75)
 
 
+def test_raw_audio_body_is_read_whole_and_its_spec_says_audio_wav(demo_service):
+    audio = make_wav(0.5)
+    response = requests.post(f"{demo_service}/v1/audio/raw?language=de", data=audio,
+                             headers={"Content-Type": "audio/wav"}, timeout=TIMEOUT)
+    assert response.status_code == 200
+    assert response.json() == {"content_type": "audio/wav", "bytes": len(audio),
+                               "sha256": hashlib.sha256(audio).hexdigest(), "duration_s": 0.5, "language": "de"}
+    spec = requests.get(f"{demo_service}/openapi.json", timeout=TIMEOUT).json()
+    assert list(spec["paths"]["/v1/audio/raw"]["post"]["requestBody"]["content"]) == ["audio/wav"]
+
+
 def test_openai_transcription_requires_model(demo_service):
     response = requests.post(
         f"{demo_service}/v1/audio/transcriptions", files={"file": ("a.wav", make_wav(0.1), "audio/wav")}, timeout=TIMEOUT
@@ -279,6 +290,7 @@ EXPECTED_MEDIA_TYPES = {
     ("get", "/health"): (None, "application/json"),
     ("post", "/tts_to_audio/"): ("application/json", "audio/wav"),
     ("post", "/inference"): ("multipart/form-data", "application/json"),
+    ("post", "/v1/audio/raw"): ("audio/wav", "application/json"),
     ("post", "/v1/audio/transcriptions"): ("multipart/form-data", "application/json"),
     ("get", "/v1/models"): (None, "application/json"),
     ("get", "/v1/models/{model_id}"): (None, "application/json"),

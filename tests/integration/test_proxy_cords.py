@@ -132,6 +132,31 @@ def test_multipart_file_field_as_data_url(stack):
     assert answer.json()["content_type"] == "audio/x-wav" and answer.json()["model"] == "demo-whisper-1"
 
 
+def test_raw_body_route_gets_the_bytes_as_the_body_with_their_type(stack):
+    """A route whose request body is the audio itself: body_base64 (or a data: URL, or text in
+    `body`) becomes the raw body; `content_type` or the manifest's type is its Content-Type; other
+    keys are query parameters."""
+    chute, _ = stack
+    audio = wav_bytes(0.25)
+    answer = requests.post(f"{chute}/v1/audio/raw",
+                           json={"body_base64": base64.b64encode(audio).decode(), "language": "de"}, timeout=30)
+    assert answer.status_code == 200, answer.text
+    got = answer.json()
+    assert (got["bytes"], got["sha256"]) == (len(audio), hashlib.sha256(audio).hexdigest())
+    assert (got["content_type"], got["duration_s"], got["language"]) == ("audio/wav", 0.25, "de")
+    url = "data:audio/x-wav;base64," + base64.b64encode(audio).decode()
+    answer = requests.post(f"{chute}/v1/audio/raw", json={"body": url}, timeout=30)
+    assert answer.json()["content_type"] == "audio/x-wav" and answer.json()["language"] == "en"
+    answer = requests.post(f"{chute}/v1/audio/raw", json={"body": "plain words", "content_type": "text/plain"}, timeout=30)
+    assert (answer.json()["bytes"], answer.json()["content_type"]) == (11, "text/plain")
+    missing = requests.post(f"{chute}/v1/audio/raw", json={"language": "de"}, timeout=30)
+    assert missing.status_code == 400 and "body_base64" in missing.json()["detail"]
+    through = requests.post(f"{chute}/proxy", json={"method": "POST", "path": "/v1/audio/raw",
+                                                    "raw": {"body_base64": base64.b64encode(audio).decode()},
+                                                    "query": {"language": "fr"}}, timeout=30)
+    assert through.status_code == 200 and through.json()["language"] == "fr" and through.json()["bytes"] == len(audio)
+
+
 def test_bad_base64_is_a_400_not_a_crash(stack):
     chute, _ = stack
     answer = requests.post(f"{chute}/inference", json={"file_base64": "not base64!!"}, timeout=30)

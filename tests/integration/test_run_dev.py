@@ -193,7 +193,8 @@ def test_smoke_calls_every_cord_of_the_example_and_passes(tmp_path):
     assert "proxy multipart->application/json" in rows["/inference"]
     assert "proxy json->stream" in rows["/v1/stream"]
     assert "catch-all" in rows["GET"]  # "POST  GET /v1/models/{model_id}  catch-all ..."
-    assert "12 passed, 0 failed" in result.stdout
+    assert "proxy raw->application/json" in rows["/v1/audio/raw"] and "200" in rows["/v1/audio/raw"]
+    assert "13 passed, 0 failed" in result.stdout
     assert not port_open(port) and not port_open(service_port)
 
 

@@ -118,11 +118,25 @@ def test_json_wins_when_a_route_accepts_json_or_a_form():
     assert route.example == {"a": 0}
 
 
-def test_raw_binary_request_body_is_skipped_with_a_reason():
-    doc = oas({"/raw": {"put": {"requestBody": {"content": {"application/octet-stream": {}}}, "responses": {}}}})
-    conversion = convert_document(doc, 1, "t")
-    assert conversion.routes == []
-    assert "raw application/octet-stream" in conversion.skipped[0]["reason"]
+def test_raw_request_bodies_are_raw_routes_with_their_media_type():
+    doc = oas({
+        "/raw": {"put": {"requestBody": {"content": {"application/octet-stream": {}}}, "responses": {}}},
+        "/speech": {"post": {"requestBody": {"content": {"audio/*": {}, "audio/wav": {}}}, "responses": {}}},
+        "/any": {"post": {"requestBody": {"content": {"*/*;q=0.5": {}, "image/*": {}}}, "responses": {}}},
+    })
+    routes = {r.path: r for r in convert_document(doc, 1, "t").routes}
+    assert (routes["/raw"].request_kind, routes["/raw"].request_content_type) == ("raw", "application/octet-stream")
+    assert routes["/raw"].needs_proxy() == "raw application/octet-stream request body"
+    assert routes["/speech"].request_content_type == "audio/wav"  # the concrete type, not the wildcard
+    # "*/*" is JSON-compatible: JSON wins over a raw image
+    assert routes["/any"].request_kind == "json"
+    swagger = {"swagger": "2.0", "info": {"title": "t", "version": "1"}, "paths": {"/up": {"post": {
+        "consumes": ["audio/wav"], "parameters": [{"name": "b", "in": "body", "schema": {"type": "string", "format": "binary"}}],
+        "responses": {"200": {"description": "ok"}}}}}}
+    route = convert_document(swagger, 1, "t").routes[0]
+    assert (route.request_kind, route.request_content_type) == ("raw", "audio/wav")
+    back = parse_manifest(Manifest(routes=[route]).to_json(), "m")
+    assert back.routes[0].request_content_type == "audio/wav" and back.routes[0].request_kind == "raw"
 
 
 def test_route_without_body_is_none():
@@ -468,3 +482,13 @@ def test_swagger_form_examples_skip_file_parameters():
     route = convert_document(doc, 1, "t").routes[0]
     assert route.request_kind == "multipart" and route.file_fields == ("audio",)
     assert route.example == {"lang": "en"}
+
+
+def test_parameter_examples_maps_and_lists_are_read():
+    doc = oas({"/m/{a}/{b}": {"get": {"parameters": [
+        {"name": "a", "in": "path", "required": True, "schema": {"type": "string"},
+         "examples": {"first": {"value": "from-map"}, "second": {"value": "other"}}},
+        {"name": "b", "in": "path", "required": True, "schema": {"type": "string"}, "examples": ["from-list"]},
+    ], "responses": {}}}})
+    route = convert_document(doc, 1, "t").routes[0]
+    assert route.example == {"_path": {"a": "from-map", "b": "from-list"}}

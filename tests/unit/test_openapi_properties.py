@@ -155,7 +155,10 @@ def check_conversion(doc: dict) -> None:
             assert route.path_params, route.path
         else:
             assert is_valid_cord_path(route.public_path), route.public_path
-        assert route.request_kind in ("json", "multipart", "form", "none")
+        assert route.request_kind in ("json", "multipart", "form", "raw", "none")
+        # a raw body always has a concrete media type to send
+        assert (route.request_kind == "raw") == bool(route.request_content_type), route
+        assert route.request_content_type is None or "*" not in route.request_content_type
         assert route.response_kind in ("json", "binary", "text", "stream")
     for entry in conversion.skipped:
         assert entry["reason"]

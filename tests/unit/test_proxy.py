@@ -40,6 +40,25 @@ def test_route_without_body_sends_every_key_as_query_and_keeps_callers_query():
     assert not out.has_json and out.data is None
 
 
+def test_raw_route_sends_the_bytes_as_the_body_and_other_keys_as_query():
+    raw = target(request_kind="raw", request_content_type="audio/wav")
+    wav = b"RIFF\x00\x00WAVEfmt "
+    out = build_outgoing(raw, {"body_base64": base64.b64encode(wav).decode(), "language": "de"}, [])
+    assert (out.data, out.headers, out.params, out.has_json) == (wav, {"Content-Type": "audio/wav"}, [("language", "de")], False)
+    # a data URL's type wins over the manifest's, `content_type` over both
+    out = build_outgoing(raw, {"body": "data:audio/flac;base64," + base64.b64encode(b"fLaC").decode()}, [])
+    assert (out.data, out.headers["Content-Type"]) == (b"fLaC", "audio/flac")
+    out = build_outgoing(raw, {"body": "héllo", "content_type": "text/plain; charset=utf-8"}, [])
+    assert (out.data, out.headers["Content-Type"]) == ("héllo".encode(), "text/plain; charset=utf-8")
+    # no declared type: sniffed from the bytes
+    out = build_outgoing(target(request_kind="raw"), {"body_base64": base64.b64encode(b"\x89PNG....").decode()}, [])
+    assert out.headers["Content-Type"] == "image/png"
+    for bad, fragment in (({"language": "de"}, "body_base64"), ({"body_base64": "%%%"}, "not valid base64"),
+                          ({"body": 5}, "expected a string"), ({"body": "x", "content_type": 1}, "content_type")):
+        with pytest.raises(BadRequest, match=fragment):
+            build_outgoing(raw, bad, [])
+
+
 def test_multipart_route_turns_base64_and_data_urls_into_file_parts():
     wav = b"RIFF\x00\x00\x00\x00WAVEfmt "
     out = build_outgoing(
