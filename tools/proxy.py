@@ -40,6 +40,7 @@ CHUNK = 1 << 16
 MAX_PROXY_PATH = 2048
 RETRY_AFTER_SECONDS = "5"
 KEEPALIVE_SECONDS = 2.0
+OFFLOAD_BYTES = 1 << 20  # callers' bodies above this are turned into the upstream request in a thread
 # A raw request body (request kind "raw") in the caller's JSON; other keys become query parameters.
 RAW_BASE64_KEY, RAW_TEXT_KEY, RAW_TYPE_KEY = "body_base64", "body", "content_type"
 # Where a catch-all call carries the body, by the route's request kind (else "form").
@@ -412,7 +413,12 @@ def make_handler(chute: "Chute", target: Target):
     async def handle(request: Request):
         try:
             payload = await caller_payload(request)
-            outgoing = build_outgoing(target, payload, list(request.query_params.multi_items()))
+            query = list(request.query_params.multi_items())
+            if int(request.headers.get("content-length") or 0) > OFFLOAD_BYTES:
+                # decoding megabytes of base64 would hold up every other call of the chute meanwhile
+                outgoing = await asyncio.to_thread(build_outgoing, target, payload, query)
+            else:
+                outgoing = build_outgoing(target, payload, query)
         except BadRequest as exc:
             return _error(400, str(exc))
         return await forward(pool, target, outgoing, getattr(request.state, "_encrypt", None))

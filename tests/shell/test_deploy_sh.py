@@ -221,7 +221,7 @@ def test_validate_prints_the_cords_without_starting_anything(home, tmp_path):
     assert "image:     demo-service:v0.1.0 (wraps chutes-wrappers-demo:latest)" in out
     assert f"manifest:  {ROOT}/deploy_example.routes.json" in out
     assert "POST   /tts_to_audio" in out and "curl -sS" in out
-    assert "ok: deploy_example is valid (11 cord(s)); nothing was started" in out
+    assert "ok: deploy_example is valid (12 cord(s)); nothing was started" in out
 
 
 @pytest.mark.parametrize(
