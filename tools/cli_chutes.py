@@ -29,6 +29,7 @@ from pathlib import Path
 from tools import chutes_api
 from tools.errors import WrapperError, run_cli
 from tools.run_dev import ROOT, chutes_executable, locate_module
+from tools.wrapper_image import SETUP_ERROR
 
 ANSI_RE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 PROMPT_RE = re.compile(r"\(y/n\):?\s*$")
@@ -37,9 +38,6 @@ TRACEBACK_START = "Traceback (most recent call last)"
 # The CLI's chatter that says nothing to a deploy.sh user (shown with --debug).
 NOISE_RE = re.compile(r"\|\s*DEBUG\s*\||- Loading chutes config from ")
 INSPECTO_PROBE = ("run", "does_not_exist:chute", "--generate-inspecto-hash")
-
-
-SETUP_ERROR = "chutes-wrappers: error: "
 
 
 @dataclass

@@ -122,7 +122,7 @@ def startup_error(lines: list[str]) -> str:
     """What `chutes run` reported, without its traceback: the marker line's message and what follows
     up to the traceback (the service's last output, for a service that exited)."""
     for index in range(len(lines) - 1, -1, -1):
-        head, marker, message = lines[index].partition(STARTUP_FAILED)
+        _, marker, message = lines[index].partition(STARTUP_FAILED)
         if marker:
             rest = []
             for line in lines[index + 1:]:
@@ -134,7 +134,7 @@ def startup_error(lines: list[str]) -> str:
 
 
 def wait_ready(
-    container: Container, base_url: str, timeout: float, stop: threading.Event, crashed: threading.Event | None = None
+    container: Container, base_url: str, timeout: float, stop: threading.Event, crashed: threading.Event
 ) -> None:
     """Until the chute answers; fails at once when the container exits or `chutes run` reports that
     its startup failed (it then sleeps 60 s before exiting, to keep its log server up)."""
@@ -149,7 +149,7 @@ def wait_ready(
                 print()
             tail = "\n".join(container.last_lines(30)) or "(no output)"
             raise ServiceError(f"the container exited with status {code} before the chute answered; last output:\n{tail}")
-        if crashed is not None and crashed.is_set():
+        if crashed.is_set():
             if tty:
                 print()
             time.sleep(0.5)  # the rest of the error is still arriving

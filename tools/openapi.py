@@ -12,7 +12,7 @@ import json
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 from urllib.parse import unquote, urlparse
 
 from tools.errors import WrapperError
@@ -416,7 +416,7 @@ def _swagger_request(resolver: Resolver, doc: Mapping, operation: Mapping, param
     if body is not None:
         raw_types = [t for t in consumes if not is_json_type(t) and t not in _FORM_TYPES]
         if raw_types and not any(is_json_type(t) for t in consumes):
-            return RequestShape("raw", content_type=_raw_type(dict.fromkeys(raw_types)))
+            return RequestShape("raw", content_type=_raw_type(raw_types))
         return RequestShape("json", example=_jsonable(example_of(resolver, body.get("schema"), top=True)))
     form = [p for p in params if p.get("in") == "formData"]
     if not form:
@@ -435,7 +435,7 @@ def _swagger_request(resolver: Resolver, doc: Mapping, operation: Mapping, param
 _FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
 
 
-def _raw_type(types: Mapping[str, Any]) -> str:
+def _raw_type(types: Iterable[str]) -> str:
     """The raw body's media type to send: the first concrete one declared, else octet-stream."""
     concrete = [t for t in types if t and "*" not in t]
     return concrete[0] if concrete else "application/octet-stream"

@@ -137,7 +137,9 @@ def cords_of(module: ModuleType) -> list[Cord]:
 def _file_fields(route) -> tuple[str, ...]:
     """Fields a caller sends as `<name>_base64`: the form's files, or `body` for a raw body."""
     if route.request_kind == "raw":
-        return ("body",)  # tools.proxy.RAW_BASE64_KEY is "body_base64"
+        from tools.proxy import RAW_BASE64_KEY
+
+        return (RAW_BASE64_KEY.removesuffix("_base64"),)
     return route.file_fields
 
 

@@ -31,6 +31,8 @@ CACHE_DIR = f"{HOME_DIR}/.cache"
 # What Docker/podman use when an image defines no PATH (debootstrap and other imported images).
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
+# How the image setup script starts the line saying why it failed (read by tools/cli_chutes.py).
+SETUP_ERROR = "chutes-wrappers: error: "
 
 # Tried in this order after an explicit `python=`: conda first, then the newest versioned name.
 PYTHON_CANDIDATES = (
@@ -240,7 +242,7 @@ def _script_lines(python: str | None, families: list[str], packages: list[str], 
         "umask 022",
         'say() { echo "chutes-wrappers: $*" >&2; }',
         # deploy.sh --build reports the last such line as the reason the build failed.
-        'fail() { echo "chutes-wrappers: error: $*" >&2; exit 1; }',
+        f'fail() {{ echo "{SETUP_ERROR}$*" >&2; exit 1; }}',
         f"W={STATE_DIR}",
         'mkdir -p "$W"',
         # Where and how the base image runs its service: the launcher restores these for it.
