@@ -266,36 +266,18 @@ def debian_python_base(podman: Podman) -> str:
     """
     if not DEMO_SERVICE.exists():
         raise FileNotFoundError(f"{DEMO_SERVICE} is missing; the debian-py base image bundles it")
-    ca_files = sorted(HOST_CA_DIR.glob("*.crt")) if HOST_CA_DIR.is_dir() else []
-    bundle = HOST_CA_BUNDLE.read_bytes() if HOST_CA_BUNDLE.exists() else b""
-    containerfile = _debian_py_containerfile(ca_files, bool(bundle))
-    rootfs_key = debian_rootfs_key()
-    key = _key(
-        rootfs_key,
-        containerfile,
-        DEMO_SERVICE.read_bytes(),
-        bundle,
-        *[path.name.encode() + b"\0" + path.read_bytes() for path in ca_files],
-    )
-    tag = f"{DEBIAN_PY_REPO}:{key}"
-    if podman.image_exists(tag):
-        return tag
-    with _lock("debian-py"):
-        if podman.image_exists(tag):
-            return tag
-        rootfs_tag = debian_rootfs_image(podman)
-        with tempfile.TemporaryDirectory(prefix="cw-base-") as context:
-            ctx = Path(context)
-            (ctx / "certs").mkdir()
-            for path in ca_files:
-                shutil.copy(path, ctx / "certs" / path.name)
-            if bundle:
-                (ctx / "ca-certificates.crt").write_bytes(bundle)
-            shutil.copy(DEMO_SERVICE, ctx / "demo_service.py")
-            (ctx / "Containerfile").write_text(containerfile.replace("@ROOTFS@", rootfs_tag))
-            podman("build", "--pull=never", "-t", tag, "-f", str(ctx / "Containerfile"), str(ctx), timeout=900)
-        _remove_older_tags(podman, tag)
-    return tag
+    parent = debian_rootfs_image(podman)
+    files, ca_lines = _ca_context()
+    files["demo_service.py"] = (DEMO_SERVICE.read_bytes(), 0o644)
+    containerfile = "\n".join([
+        f"FROM {parent}",
+        *ca_lines,
+        "COPY demo_service.py /srv/demo/demo_service.py",
+        "WORKDIR /srv/demo",
+        f"EXPOSE {DEMO_PORT}",
+        f'CMD ["python3", "/srv/demo/demo_service.py", "--host", "0.0.0.0", "--port", "{DEMO_PORT}"]',
+    ]) + "\n"
+    return _cached_image(podman, DEBIAN_PY_REPO, containerfile, files)
 
 
 def busybox_base(podman: Podman) -> str:
@@ -555,21 +537,6 @@ def _busybox_deb() -> Path:
         target = CACHE_DIR / debs[0].name.replace("%3a", "_")
         os.replace(debs[0], target)
     return target
-
-
-def _debian_py_containerfile(ca_files: Sequence[Path], has_bundle: bool) -> str:
-    lines = ["FROM @ROOTFS@"]
-    if ca_files:
-        lines.append("COPY certs/ /usr/local/share/ca-certificates/")
-    if has_bundle:
-        lines.append("COPY ca-certificates.crt /etc/ssl/certs/ca-certificates.crt")
-    lines += [
-        "COPY demo_service.py /srv/demo/demo_service.py",
-        "WORKDIR /srv/demo",
-        f"EXPOSE {DEMO_PORT}",
-        f'CMD ["python3", "/srv/demo/demo_service.py", "--host", "0.0.0.0", "--port", "{DEMO_PORT}"]',
-    ]
-    return "\n".join(lines) + "\n"
 
 
 # --------------------------------------------------------------------------------------------------
