@@ -1,8 +1,10 @@
-"""The wrapper image's Dockerfile text: layer order, the setup script's branches, ENV quoting, build context."""
+"""The wrapper image's Dockerfile text (layer order, ENV quoting, build context) and its setup script,
+tools/image_setup.sh: its branches as text, and its choices run under sh with stand-in commands."""
 
 from __future__ import annotations
 
 import importlib.util
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -10,9 +12,12 @@ from pathlib import Path
 import pytest
 
 from tools import wrapper_image
-from tools.wrapper_image import build_wrapper_image, setup_script
+from tools.wrapper_image import build_wrapper_image, setup_command
 
 ROOT = Path(__file__).resolve().parents[2]
+SCRIPT_PATH = ROOT / wrapper_image.SETUP_SCRIPT
+SCRIPT = SCRIPT_PATH.read_text()
+SH = shutil.which("sh") or "/bin/sh"
 BASE = "registry.example.com/team/service:1.2"
 MANAGER_MARKERS = {
     "debian": ("apt-get install", "dpkg-query"),
@@ -89,59 +94,113 @@ def module_dir(tmp_path, monkeypatch):
     return tmp_path
 
 
+def run_script_function(tmp_path, call: str, commands: dict[str, int], **env: str) -> str:
+    """Source the setup script (functions only) and run `call` with a PATH holding only stand-ins:
+    each command in `commands` is a script exiting with its value, plus the tools the functions use."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    for name, status in commands.items():
+        stub = bin_dir / name
+        stub.write_text(f"#!/bin/sh\nexit {status}\n")
+        stub.chmod(0o755)
+    for tool in ("sed",):
+        (bin_dir / tool).symlink_to(shutil.which(tool))
+    proc = subprocess.run(
+        [SH, "-c", f'. "$1"; {call}', "sh", str(SCRIPT_PATH)],
+        env={"PATH": str(bin_dir), "CW_IMAGE_SETUP_LIB": "1", **env},
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.strip()
+
+
 def test_from_is_the_base_image_and_user_root_comes_before_setup(elsewhere):
     image = build_wrapper_image("alice", "svc", "v1", BASE)
     items = instructions(image)
     assert items[0] == ("FROM", BASE)
     assert items[1] == ("USER", "root")
-    assert items[2][0] == "RUN" and items[2][1].startswith("set -e;")
+    assert items[2] == ("ADD", f"tools/image_setup.sh {wrapper_image.SETUP_SCRIPT_IN_IMAGE}")
+    assert items[3][0] == "RUN" and items[3][1].startswith(f"sh {wrapper_image.SETUP_SCRIPT_IN_IMAGE} ")
 
 
-def test_auto_setup_has_every_package_manager_branch():
-    script = setup_script(chutes_version="0.6.9")
+def test_setup_script_is_added_from_the_project_and_uploaded(module_dir):
+    image = build_wrapper_image("alice", "svc", "v1", BASE, module_file=str(module_dir / "deploy_x.py"))
+    context = [path for directive in image._directives for path in directive._build_context]
+    assert "tools/image_setup.sh" in context
+
+
+def test_setup_script_has_every_package_manager_branch():
     for markers in MANAGER_MARKERS.values():
         for marker in markers:
-            assert marker in script
+            assert marker in SCRIPT
 
 
-@pytest.mark.parametrize("distro", ["debian", "alpine", "rhel"])
-def test_explicit_distro_emits_only_its_branch(distro):
-    script = setup_script(distro=distro, chutes_version="0.6.9")
-    for family, markers in MANAGER_MARKERS.items():
-        for marker in markers:
-            assert (marker in script) == (family == distro), (family, marker)
+@pytest.mark.parametrize("distro", ["auto", "debian", "alpine", "rhel"])
+def test_the_run_passes_the_distro_and_the_script_tries_only_its_managers(distro, tmp_path):
+    assert f"--distro {distro} " in setup_command(distro=distro, chutes_version="0.6.9")
+    everything = {"apt-get": 0, "apk": 0, "dnf": 0, "microdnf": 0, "yum": 0}
+    chosen = run_script_function(tmp_path, f'detect_manager {distro}; echo "$PM"', everything)
+    assert chosen == {"auto": "apt", "debian": "apt", "alpine": "apk", "rhel": "dnf"}[distro]
+    only_apk = run_script_function(tmp_path / "apk", f'detect_manager {distro}; echo "$PM"', {"apk": 0})
+    assert only_apk == ("apk" if distro in ("auto", "alpine") else "")
+
+
+def test_rhel_family_falls_back_to_microdnf_then_yum(tmp_path):
+    assert run_script_function(tmp_path, 'detect_manager rhel; echo "$PM"', {"microdnf": 0, "yum": 0}) == "microdnf"
+    assert run_script_function(tmp_path / "y", 'detect_manager rhel; echo "$PM"', {"yum": 0}) == "yum"
 
 
 def test_debian_branch_installs_python_venv_without_recommends_and_cleans_lists():
-    script = setup_script(distro="debian", chutes_version="0.6.9")
-    assert "--no-install-recommends" in script
-    assert "python3 python3-venv python3-pip ca-certificates" in script
-    assert "rm -rf /var/lib/apt/lists/*" in script
+    assert "--no-install-recommends" in SCRIPT
+    assert "python3 python3-venv python3-pip ca-certificates" in SCRIPT
+    assert "rm -rf /var/lib/apt/lists/*" in SCRIPT
 
 
 def test_alpine_branch_brings_musl_build_deps():
-    script = setup_script(distro="alpine", chutes_version="0.6.9")
-    assert "python3 py3-pip" in script
+    assert "python3 py3-pip" in SCRIPT
     for package in ("gcc", "musl-dev", "python3-dev", "libffi-dev", "linux-headers"):
-        assert package in script
+        assert package in SCRIPT
 
 
 def test_rhel_branch_prefers_python311_then_python3():
-    script = setup_script(distro="rhel", chutes_version="0.6.9")
-    assert script.index("python3.11 python3.11-pip") < script.index("python3 python3-pip")
+    assert SCRIPT.index("python3.11 python3.11-pip") < SCRIPT.index("python3 python3-pip", SCRIPT.index("python3.11"))
 
 
 def test_missing_python_and_package_manager_fails_with_a_visible_message():
-    script = setup_script(chutes_version="0.6.9")
-    assert 'say() { echo "chutes-wrappers: $*" >&2; }' in script
-    assert "no Python >= 3.10" in script and "exit 1" in script
+    assert 'say() { echo "chutes-wrappers: $*" >&2; }' in SCRIPT
+    assert "no Python >= 3.10" in SCRIPT and "exit 1" in SCRIPT
+
+
+def test_the_scripts_error_line_starts_with_the_prefix_the_build_report_reads():
+    assert f'echo "{wrapper_image.SETUP_ERROR}$*" >&2' in SCRIPT
 
 
 def test_python_candidates_start_with_the_explicit_one_then_conda():
-    script = setup_script(python="/usr/local/bin/python3.12", chutes_version="0.6.9")
-    candidates = script.split("for c in ", 1)[1].split(";", 1)[0].split()
-    assert candidates[:3] == ["/usr/local/bin/python3.12", "/opt/conda/bin/python", "python3.13"]
+    command = setup_command(python="/usr/local/bin/python3.12", chutes_version="0.6.9")
+    assert "--python /usr/local/bin/python3.12 " in command
+    candidates = SCRIPT.split('PYTHON_CANDIDATES="', 1)[1].split('"', 1)[0].split()
+    assert candidates[:2] == ["/opt/conda/bin/python", "python3.13"]
     assert candidates[-2:] == ["python3", "python"]
+    assert "for c in $PYTHON $PYTHON_CANDIDATES; do" in SCRIPT
+
+
+def test_the_first_python_that_is_new_enough_wins_and_the_explicit_one_first(tmp_path):
+    # A stand-in "Python" exits 0 for the version check when new enough, 1 when too old.
+    pythons = {"python3.12": 1, "python3.11": 0, "python3": 0, "mypython": 0}
+    assert run_script_function(tmp_path, 'find_python; echo "$PY"', pythons).endswith("/python3.11")
+    chosen = run_script_function(tmp_path / "x", 'PYTHON=mypython; find_python; echo "$PY"', pythons)
+    assert chosen.endswith("/mypython")
+    assert run_script_function(tmp_path / "none", 'find_python || echo none', {"python3": 1}) == "none"
+
+
+def test_a_bad_distro_or_a_missing_option_is_one_error_line(tmp_path):
+    for args in (["--distro", "gentoo"], []):
+        proc = subprocess.run(
+            ["sh", str(SCRIPT_PATH), "--chutes-version", "0.6.9", *args], capture_output=True, text=True
+        )
+        assert proc.returncode == 1
+        assert proc.stderr.startswith(wrapper_image.SETUP_ERROR) and proc.stderr.count("\n") == 1, proc.stderr
 
 
 def test_python_is_never_compiled(elsewhere):
@@ -152,32 +211,37 @@ def test_python_is_never_compiled(elsewhere):
 def test_chutes_is_installed_in_a_venv_at_the_sdk_version(elsewhere):
     from chutes._version import version
 
-    script = setup_script(chutes_version=version)
-    assert f"-m venv {wrapper_image.VENV_DIR}" in script
-    assert "--system-site-packages" not in script
-    assert f'"chutes=={version}"' in script
+    command = setup_command(chutes_version=version)
+    assert f"--venv {wrapper_image.VENV_DIR} " in command
+    assert f"--chutes-version {version} " in command
+    assert '"$PY" -m venv "$VENV_DIR"' in SCRIPT
+    assert "--system-site-packages" not in SCRIPT
+    assert '"chutes==$CHUTES_VERSION"' in SCRIPT
     text = str(build_wrapper_image("alice", "svc", "v1", BASE))
-    assert f'"chutes=={version}"' in text
+    assert f"--chutes-version {version} " in text
 
 
 def test_pip_cert_is_exported_inside_the_run_only(elsewhere):
     image = build_wrapper_image("alice", "svc", "v1", BASE)
     (run,) = [args for kw, args in added(image) if kw == "RUN"]
-    assert "export PIP_CERT=/etc/ssl/certs/ca-certificates.crt" in run
+    assert "--ca-bundle /etc/ssl/certs/ca-certificates.crt" in run
+    assert 'export PIP_CERT="$CA_BUNDLE"' in SCRIPT
     assert "PIP_CERT" not in env_pairs(image)
 
 
 def test_base_workdir_and_path_are_recorded_before_anything_changes_them(elsewhere):
-    script = setup_script(chutes_version="0.6.9")
-    record = script.index(wrapper_image.BASE_ENV_FILE)
-    assert '"WORKDIR=$(pwd)"' in script[:record] and '"PATH=$PATH"' in script[:record]
-    assert record < script.index("pm_install $PKGS")
+    assert f"--base-env {wrapper_image.BASE_ENV_FILE} " in setup_command(chutes_version="0.6.9")
+    main = SCRIPT[SCRIPT.index("main() {") :]
+    record = main.index('>"$BASE_ENV_FILE"')
+    assert '"WORKDIR=$(pwd)"' in main[:record] and '"PATH=$PATH"' in main[:record]
+    assert record < main.index('pm_install "$@"') < main.index("pm_install_python")
 
 
 def test_nothing_is_made_world_writable(elsewhere):
     text = str(build_wrapper_image("alice", "svc", "v1", BASE, extra_packages=["curl"]))
-    for bad in ("777", "a+w", "o+w", "+rwx"):
-        assert bad not in text
+    for bad in ("777", "a+w", "o+w", "+rwx", "chmod"):
+        assert bad not in text and bad not in SCRIPT
+    assert "umask 022" in SCRIPT
 
 
 def test_entrypoint_cleared_and_chute_runs_as_chutes_in_app(elsewhere):
@@ -254,24 +318,38 @@ def test_arguments_that_would_inject_shell_are_rejected(kwargs):
 
 
 def test_extra_packages_go_through_the_package_manager():
-    script = setup_script(packages=["curl", "libsndfile1"], distro="debian", chutes_version="0.6.9")
-    assert "PKGS='curl libsndfile1'" in script
-    assert "pm_install $PKGS" in script
+    command = setup_command(packages=["curl", "libsndfile1"], distro="debian", chutes_version="0.6.9")
+    assert command.endswith("-- curl libsndfile1")
+    main = SCRIPT[SCRIPT.index("main() {") :]
+    assert 'pm_install "$@"' in main
 
 
 def test_build_context_is_added_when_cwd_has_tools_and_manifest(module_dir):
     image = build_wrapper_image("alice", "svc", "v1", BASE, module_file=str(module_dir / "deploy_x.py"))
     items = added(image)
-    assert ("ADD", "--chown=chutes:chutes tools/*.py /app/tools/") in items
+    runtime = " ".join(wrapper_image.RUNTIME_FILES)
+    assert ("ADD", f"--chown=chutes:chutes {runtime} /app/tools/") in items
     assert ("ADD", "--chown=chutes:chutes deploy_x.routes.json /app/deploy_x.routes.json") in items
     context = [path for directive in image._directives for path in directive._build_context]
     assert "deploy_x.routes.json" in context and "tools/__init__.py" in context
     assert not any("__pycache__" in path for path in context)
 
 
+def test_only_the_runtime_files_of_tools_go_into_the_image(module_dir):
+    image = build_wrapper_image("alice", "svc", "v1", BASE, module_file=str(module_dir / "deploy_x.py"))
+    context = {path for directive in image._directives for path in directive._build_context}
+    assert {"tools/chute_wrappers.py", "tools/launcher.py", "tools/proxy.py"} <= context
+    for cli_or_demo in ("tools/run_dev.py", "tools/discover_routes.py", "tools/demo_service.py", "tools/cli_chutes.py"):
+        assert cli_or_demo not in context
+        assert cli_or_demo not in str(image)
+    assert "*" not in str(image)
+
+
 def test_build_context_is_skipped_without_error_elsewhere(elsewhere):
-    items = added(build_wrapper_image("alice", "svc", "v1", BASE, module_file=str(ROOT / "deploy_x.py")))
-    assert [kw for kw, _ in items].count("ADD") == 0
+    image = build_wrapper_image("alice", "svc", "v1", BASE, module_file=str(ROOT / "deploy_x.py"))
+    # Only the setup script's ADD (so the Dockerfile stays whole); no file to upload from here.
+    assert [args for kw, args in added(image) if kw == "ADD"] == [f"tools/image_setup.sh {wrapper_image.SETUP_SCRIPT_IN_IMAGE}"]
+    assert [path for directive in image._directives for path in directive._build_context] == []
 
 
 def test_manifest_is_found_from_the_calling_module_through_the_reexport(module_dir):
@@ -285,29 +363,44 @@ def test_manifest_is_found_from_the_calling_module_through_the_reexport(module_d
     assert ("ADD", "--chown=chutes:chutes deploy_x.routes.json /app/deploy_x.routes.json") in added(module.image)
 
 
-def test_at_most_eight_instructions_are_added(module_dir):
+# USER root, ADD + RUN of the setup script, ENV, ENTRYPOINT, USER, WORKDIR, ADD runtime files, ADD manifest.
+MAX_INSTRUCTIONS = 9
+
+
+def test_at_most_nine_instructions_are_added(module_dir):
     image = build_wrapper_image(
         "alice", "svc", "v1", BASE, env={"A": "1"}, extra_packages=["curl"], module_file=str(module_dir / "deploy_x.py")
     )
-    assert len(added(image)) <= 8
+    assert len(added(image)) <= MAX_INSTRUCTIONS
 
 
 def test_layers_are_ordered_for_the_build_cache(module_dir):
     items = added(build_wrapper_image("alice", "svc", "v1", BASE, module_file=str(module_dir / "deploy_x.py")))
     setup = index_of(items, "RUN")
     env = index_of(items, "ENV")
-    adds = [index for index, (kw, _) in enumerate(items) if kw == "ADD"]
+    assert index_of(items, "ADD", "tools/image_setup.sh") == setup - 1
+    adds = [index for index, (kw, args) in enumerate(items) if kw == "ADD" and index > setup]
     assert setup < env < min(adds)
     assert index_of(items, "WORKDIR") < min(adds)
     assert items[-1] == ("ADD", "--chown=chutes:chutes deploy_x.routes.json /app/deploy_x.routes.json")
 
 
-@pytest.mark.parametrize("distro", ["auto", "debian", "alpine", "rhel"])
 @pytest.mark.parametrize("shell", ["dash", "bash", "busybox"])
-def test_setup_script_is_valid_posix_sh_once_docker_joins_the_lines(distro, shell):
+def test_setup_script_is_valid_posix_sh(shell):
     if not shutil.which(shell):
         pytest.skip(f"{shell} is not installed")
     command = [shell, "sh"] if shell == "busybox" else [shell, "--posix"] if shell == "bash" else [shell]
-    joined = setup_script(distro=distro, packages=["curl"], chutes_version="0.6.9").replace("\\\n", "")
-    proc = subprocess.run([*command, "-n", "-c", joined], capture_output=True, text=True)
+    proc = subprocess.run([*command, "-n", str(SCRIPT_PATH)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_the_run_line_is_one_command_once_docker_joins_the_lines(tmp_path):
+    joined = setup_command(distro="debian", packages=["curl"], chutes_version="0.6.9").replace("\\\n", "")
+    # Run it with `sh` replaced by a stand-in printing its arguments: the script path, then the options.
+    (tmp_path / "sh").write_text('#!/bin/bash\nprintf "%s\\n" "$@"\n')
+    (tmp_path / "sh").chmod(0o755)
+    proc = subprocess.run([shutil.which("bash"), "-c", joined], env={"PATH": str(tmp_path)}, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    words = proc.stdout.splitlines()
+    assert words[0] == wrapper_image.SETUP_SCRIPT_IN_IMAGE and words[-2:] == ["--", "curl"]
+    assert words[words.index("--distro") + 1] == "debian"

@@ -1,0 +1,80 @@
+"""RUNTIME_FILES (tools/wrapper_image.py) is what a deploy module needs inside the image: a deploy module
+imports from a directory holding only those files, and every import of a listed file stays inside the
+list, including imports made inside functions (they run at chute startup, not at import)."""
+
+from __future__ import annotations
+
+import ast
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tools.wrapper_image import RUNTIME_FILES, SETUP_SCRIPT
+
+ROOT = Path(__file__).resolve().parents[2]
+# Modules that run inside the wrapped image: the template users copy (with its manifest).
+DEPLOY_MODULES = ["deploy_example"]
+
+
+def module_name(path: str) -> str:
+    parts = list(Path(path).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def tools_imports(path: Path) -> set[str]:
+    """Every `tools.x` module the file imports, at top level or inside a function."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names if alias.name.startswith("tools.")}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            if node.module == "tools":  # `from tools import x` names a module
+                found |= {f"tools.{alias.name}" for alias in node.names}
+            elif node.module.startswith("tools."):
+                found.add(node.module)
+    return found
+
+
+def test_every_listed_file_exists_and_is_python_or_the_package():
+    for path in RUNTIME_FILES:
+        assert (ROOT / path).is_file(), path
+        assert path.endswith(".py"), path
+    assert "tools/__init__.py" in RUNTIME_FILES
+    assert SETUP_SCRIPT not in RUNTIME_FILES  # build time only: ADDed to the image's state directory
+
+
+def test_imports_of_listed_files_stay_inside_the_list_and_every_file_is_reached():
+    listed = {module_name(path) for path in RUNTIME_FILES}
+    reached = {"tools", "tools.chute_wrappers"}  # the package and the deploy modules' public API
+    todo = ["tools.chute_wrappers"]
+    while todo:
+        module = todo.pop()
+        path = next(p for p in RUNTIME_FILES if module_name(p) == module)
+        for imported in tools_imports(ROOT / path):
+            assert imported in listed, f"{path} imports {imported}, which is not in RUNTIME_FILES"
+            if imported not in reached:
+                reached.add(imported)
+                todo.append(imported)
+    assert reached == listed, f"listed but never imported at run time: {sorted(listed - reached)}"
+
+
+@pytest.mark.parametrize("module", DEPLOY_MODULES)
+def test_deploy_module_imports_with_only_the_runtime_files(module, tmp_path):
+    for path in RUNTIME_FILES:
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(ROOT / path, tmp_path / path)
+    for name in (f"{module}.py", f"{module}.routes.json"):
+        if (ROOT / name).exists():
+            shutil.copy(ROOT / name, tmp_path / name)
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("CHUTES_", "CHUTE_"))}
+    env["PYTHONPATH"] = str(tmp_path)  # and registration on: it is what runs in the image
+    # `chutes run` imports the module from /app, where the image's ADDs put these files.
+    code = f"import {module} as m; assert m.chute is not None; print(len(m.chute.cords))"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert int(proc.stdout.split()[-1]) > 1, "registration ran and registered cords"
+    assert not (tmp_path / "tools" / "run_dev.py").exists()
