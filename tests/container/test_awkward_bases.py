@@ -272,17 +272,15 @@ def test_entrypoint_that_exits_fails_the_chute_at_once_with_its_last_output(buil
 
 def test_run_docker_of_an_entrypoint_that_exits_fails_at_once_and_removes_the_container(builds, podman):
     """`chutes run` sleeps 60 s after a failed startup; run-docker reads its report and stops there."""
-    import time
-
     case = built(builds["exits"])
-    started = time.monotonic()
     proc = engine.deploy_sh(case.project, "--run-docker", case.module, "--port", str(engine.free_port()),
                             env=engine.project_env(podman), timeout=300)
-    elapsed = time.monotonic() - started
     assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
-    assert elapsed < 45, elapsed  # not the SDK's 60 s sleep, nor the readiness timeout
     error = proc.stderr
+    # The startup report ends the wait: not the container exiting after the SDK's 60 s sleep, nor the
+    # readiness timeout (each has its own message).
     assert "the chute failed to start:" in error and "service exited with status 3 during startup" in error, error
+    assert "the container exited with status" not in error and "did not answer" not in error, error
     assert "failed to open /models/ggml-base.en.bin" in error
     assert "Traceback" not in error
     assert podman.containers(f"label=chutes-wrappers.module={case.module}") == []

@@ -378,19 +378,46 @@ async def test_wait_for_services_returns_when_all_ports_open(listening_port):
     await asyncio.wait_for(cw.wait_for_services([listening_port], timeout=5), 5)
 
 
+# Only a hang reaches it: each wait below ends on an event long before.
+EVENT_LIMIT_S = 60
+
+
+class RoundCounter:
+    """Stands in for the launcher: wait_for_services calls check_alive once per round that found a
+    port still closed, which lets the test see each such round happen."""
+
+    def __init__(self) -> None:
+        self.rounds = 0
+        self.event = asyncio.Event()
+
+    def check_alive(self) -> None:
+        self.rounds += 1
+        self.event.set()
+
+
 async def test_wait_for_services_waits_for_a_late_port():
     port = closed_port()
+    counter = RoundCounter()
+    waiter = asyncio.create_task(
+        cw.wait_for_services([port], timeout=EVENT_LIMIT_S, interval=0.01, launcher=counter)
+    )
+    for _ in range(3):  # rounds that found the port closed, and the wait still going on after each
+        counter.event.clear()
+        round_seen = asyncio.create_task(counter.event.wait())
+        done, _ = await asyncio.wait({waiter, round_seen}, timeout=EVENT_LIMIT_S, return_when=asyncio.FIRST_COMPLETED)
+        round_seen.cancel()
+        assert waiter not in done, "wait_for_services returned while the port was still closed"
+        assert round_seen in done
     sock = socket.socket()
-
-    async def open_later():
-        await asyncio.sleep(0.5)
+    try:
         sock.bind(("127.0.0.1", port))
         sock.listen(1)
-
-    task = asyncio.create_task(open_later())
-    await cw.wait_for_services([port], timeout=10, interval=0.05)
-    await task
-    sock.close()
+        rounds_before_open = counter.rounds
+        await asyncio.wait_for(waiter, EVENT_LIMIT_S)  # the port opened: it returns (no timeout error)
+    finally:
+        sock.close()
+    assert rounds_before_open >= 3
+    assert counter.rounds <= rounds_before_open + 1  # at most the round already under way when it opened
 
 
 async def test_wait_for_services_timeout_names_the_closed_port(listening_port):
