@@ -295,12 +295,20 @@ option_value() {
 # --------------------------------------------------------------------------------------------------
 # Python, questions, pickers
 
-venv_python() {
+# Usage: venv_dir — CHUTES_WRAPPERS_VENV, a relative one taken from the caller's directory (as setup.sh
+# does; main calls this before it changes directory), else ROOT/.venv.
+venv_dir() {
   local venv="${CHUTES_WRAPPERS_VENV:-${ROOT}/.venv}"
-  if [[ ! -x "${venv}/bin/python" ]]; then
-    die "no Python environment at ${venv} (run ./setup.sh first)"
+  [[ "${venv}" == /* ]] || venv="${PWD}/${venv}"
+  printf '%s' "${venv%/}"
+}
+VENV=""
+
+venv_python() {
+  if [[ ! -x "${VENV}/bin/python" ]]; then
+    die "no Python environment at ${VENV} (run ./setup.sh first)"
   fi
-  printf '%s\n' "${venv}/bin/python"
+  printf '%s\n' "${VENV}/bin/python"
 }
 
 # Usage: tool MODULE ARGS... — run python -m tools.MODULE in the venv.
@@ -768,6 +776,7 @@ RUN_OPTIONS=() DEBUG_ARGS=()
 main() {
   init_colours
   parse_args "$@"
+  VENV="$(venv_dir)"
   cd "${ROOT}"
   derive_options
   if [[ -z "${ACTION}" ]]; then

@@ -213,7 +213,7 @@ create_user() {
 usage_error() { fail "image_setup.sh: $*"; }
 
 main() {
-    CHUTES_VERSION=""
+    SDK_VERSION=""
     DISTRO=""
     STATE_DIR=""
     VENV_DIR=""
@@ -229,7 +229,7 @@ main() {
                 --cache-dir | --ca-bundle | --python)
                 [ "$#" -ge 2 ] || usage_error "$1 needs a value"
                 case "$1" in
-                    --chutes-version) CHUTES_VERSION=$2 ;;
+                    --chutes-version) SDK_VERSION=$2 ;;
                     --distro) DISTRO=$2 ;;
                     --state-dir) STATE_DIR=$2 ;;
                     --venv) VENV_DIR=$2 ;;
@@ -248,7 +248,7 @@ main() {
             *) break ;;
         esac
     done
-    for value in "$CHUTES_VERSION" "$DISTRO" "$STATE_DIR" "$VENV_DIR" "$BASE_ENV_FILE" "$APP_DIR" \
+    for value in "$SDK_VERSION" "$DISTRO" "$STATE_DIR" "$VENV_DIR" "$BASE_ENV_FILE" "$APP_DIR" \
         "$RUN_USER" "$HOME_DIR" "$CACHE_DIR" "$CA_BUNDLE"; do
         [ -n "$value" ] || usage_error "missing a required option (see its Usage)"
     done
@@ -292,8 +292,8 @@ main() {
     "$PY" -m venv "$VENV_DIR" || fail "$PY could not create a virtualenv in $VENV_DIR (see above)"
     if [ -f "$CA_BUNDLE" ]; then export PIP_CERT="$CA_BUNDLE"; fi
     export PIP_ROOT_USER_ACTION=ignore PIP_DEFAULT_TIMEOUT="${PIP_DEFAULT_TIMEOUT:-60}"
-    "$VENV_DIR/bin/python" -m pip install --no-cache-dir --disable-pip-version-check "chutes==$CHUTES_VERSION" ||
-        fail "pip could not install chutes==$CHUTES_VERSION (see above); it needs network access and a C" \
+    "$VENV_DIR/bin/python" -m pip install --no-cache-dir --disable-pip-version-check "chutes==$SDK_VERSION" ||
+        fail "pip could not install chutes==$SDK_VERSION (see above); it needs network access and a C" \
             "compiler with Python headers to build netifaces"
     pm_remove_build_deps
     chown -R "$RUN_USER:$group" "$VENV_DIR"

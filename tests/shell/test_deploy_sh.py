@@ -173,6 +173,22 @@ def test_missing_venv_is_one_line(home):
     assert result.stderr.strip() == f"deploy.sh: error: no Python environment at {home}/nowhere (run ./setup.sh first)"
 
 
+def test_relative_venv_is_taken_from_the_callers_directory_as_setup_sh_does(home, tmp_path):
+    """setup.sh resolves a relative CHUTES_WRAPPERS_VENV against the caller's directory
+    (tests/shell/test_setup_sh.py); deploy.sh must find the same venv, although it runs from ROOT."""
+    caller = tmp_path / "caller"
+    python = caller / "myvenv" / "bin" / "python"
+    python.parent.mkdir(parents=True)
+    calls = tmp_path / "calls"
+    python.write_text(f'#!/bin/sh\necho "$PWD" >> "{calls}"\nexec "{VENV_PYTHON}" "$@"\n')
+    python.chmod(0o755)
+    result = run("--validate", "deploy_example", env=clean_env(home, CHUTES_WRAPPERS_VENV="myvenv/"), cwd=caller)
+    assert result.returncode == 0, result.stderr
+    assert calls.read_text().splitlines() == [str(ROOT)]  # our venv's python ran, from ROOT
+    missing = run("--list-chutes", env=clean_env(home, CHUTES_WRAPPERS_VENV="nowhere"), cwd=caller)
+    assert missing.stderr.strip() == f"deploy.sh: error: no Python environment at {caller}/nowhere (run ./setup.sh first)"
+
+
 # --- without an account: every README command says how to get one ---------------------------------------
 
 
