@@ -208,8 +208,7 @@ def link(args: argparse.Namespace) -> int:
         raise WrapperError(f"the hotkey file says {expected} but its seed gives {ss58}; nothing changed")
     path = chutes_api.config_path()
     parser = chutes_api.read_config(path) if path.exists() else configparser.ConfigParser(interpolation=None)
-    base = (args.api_url or os.environ.get("CHUTES_API_URL") or parser.get("api", "base_url", fallback="")
-            or chutes_api.DEFAULT_API_URL).rstrip("/")
+    base = (args.api_url or chutes_api.api_base_url(parser)).rstrip("/")
     probe = Account(username="", user_id="", hotkey_ss58=ss58, hotkey_name=name, payment_address="", _seed=seed)
     try:
         me = Client(account=probe, base_url=base).me()

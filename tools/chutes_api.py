@@ -12,15 +12,18 @@ import hashlib
 import json
 import os
 import stat
+import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 from tools.errors import WrapperError
 
 DEFAULT_API_URL = "https://api.chutes.ai"
 API_KEY_ENV = "CHUTES_API_KEY"
+API_URL_ENV = "CHUTES_API_URL"
 # The SDK's header names (chutes.constants); repeated here so reading them costs no chutes import.
 USER_ID_HEADER = "X-Chutes-UserID"
 HOTKEY_HEADER = "X-Chutes-Hotkey"
@@ -65,10 +68,43 @@ def read_config(path: Path | None = None) -> configparser.ConfigParser:
 
 
 def api_base_url(parser: configparser.ConfigParser | None = None) -> str:
-    """As the SDK decides: the config's [api] base_url, else CHUTES_API_URL, else the public API."""
-    parser = parser if parser is not None else read_config()
-    url = parser.get("api", "base_url", fallback="").strip()
-    return (url or os.environ.get("CHUTES_API_URL", "").strip() or DEFAULT_API_URL).rstrip("/")
+    """CHUTES_API_URL, else the config's [api] base_url, else the public API.
+
+    The variable wins, as `account link` already has it: one set for a run (a staging API, a test
+    double) must not be overridden without a word by a URL saved in the config long ago.
+    """
+    url = os.environ.get(API_URL_ENV, "").strip()
+    if not url:
+        parser = parser if parser is not None else read_config()
+        url = parser.get("api", "base_url", fallback="").strip()
+    return (url or DEFAULT_API_URL).rstrip("/")
+
+
+@contextmanager
+def cli_env(env: Mapping[str, str]) -> Iterator[dict[str, str]]:
+    """`env` for a run of the `chutes` CLI that talks to the API api_base_url() names.
+
+    The SDK prefers a saved [api] base_url to CHUTES_API_URL (chutes.config). When both are set and
+    differ, the CLI reads a private copy of the config carrying the variable's URL: mode 600 in a
+    mode-700 directory, removed when the run ends.
+    """
+    env = dict(env)
+    url = env.get(API_URL_ENV, "").strip().rstrip("/")
+    path = Path(env.get("CHUTES_CONFIG_PATH") or chutes_dir() / "config.ini")
+    if not url or not path.is_file():
+        yield env
+        return
+    parser = read_config(path)
+    if parser.get("api", "base_url", fallback="").strip().rstrip("/") in ("", url):
+        yield env
+        return
+    parser.set("api", "base_url", url)
+    with tempfile.TemporaryDirectory(prefix="chutes-wrappers-config-") as directory:
+        copy = Path(directory) / "config.ini"
+        with os.fdopen(os.open(copy, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w", encoding="utf-8") as out:
+            parser.write(out)
+        env["CHUTES_CONFIG_PATH"] = str(copy)
+        yield env
 
 
 @dataclass(frozen=True)

@@ -76,9 +76,15 @@ def run_chutes(args: list[str], cwd: Path | None = None, env: dict[str, str] | N
     """Run `chutes ARGS`, echoing its output live, answering its y/n prompts, capturing everything.
 
     A traceback is captured but not echoed (its last line becomes the error) unless debug is set.
+    The CLI talks to the API our own requests go to (CHUTES_API_URL wins; chutes_api.cli_env).
     """
+    with chutes_api.cli_env(os.environ if env is None else env) as cli_env:
+        return _run_chutes(args, cwd, cli_env, echo, debug)
+
+
+def _run_chutes(args: list[str], cwd: Path | None, env: dict[str, str], echo: bool, debug: bool) -> Outcome:
     argv = [chutes_executable(), *args]
-    child_env = dict(os.environ if env is None else env)
+    child_env = dict(env)
     child_env.update(PYTHONUNBUFFERED="1", TYPER_STANDARD_TRACEBACK="1", NO_COLOR="1")
     if sys.stdout.isatty():
         child_env.setdefault("COLUMNS", str(shutil.get_terminal_size().columns))

@@ -6,6 +6,9 @@ import hashlib
 import os
 import secrets
 import stat
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from substrateinterface import Keypair
@@ -68,12 +71,43 @@ def test_signatures_verify_like_the_sdks(config, payload, purpose):
     assert seed not in repr(acct)
 
 
-def test_base_url_follows_the_sdk_config_first_then_env(config, monkeypatch):
+def test_base_url_is_the_env_var_then_the_saved_config_then_the_public_api(config, monkeypatch):
     path, _, _ = config
+    monkeypatch.delenv("CHUTES_API_URL", raising=False)
+    assert chutes_api.api_base_url() == chutes_api.DEFAULT_API_URL
+    path.write_text(path.read_text() + "[api]\nbase_url = http://127.0.0.1:2/\n")
+    assert chutes_api.api_base_url() == "http://127.0.0.1:2"
+    # A saved base_url does not silently win over the variable set for this run.
     monkeypatch.setenv("CHUTES_API_URL", "http://127.0.0.1:1/")
     assert chutes_api.api_base_url() == "http://127.0.0.1:1"
+    assert chutes_api.Client(api_key="k").base_url == "http://127.0.0.1:1"
+
+
+def sdk_api_url(env: dict[str, str]) -> str:
+    """The API base the real SDK (and so the `chutes` CLI) uses in this environment."""
+    code = "from chutes.config import get_config; print(get_config().generic.api_base_url)"
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.strip().rstrip("/")
+
+
+def test_the_chutes_cli_gets_the_env_var_url_over_a_saved_one_through_a_private_copy(config, tmp_path):
+    path, seed, _ = config
     path.write_text(path.read_text() + "[api]\nbase_url = http://127.0.0.1:2\n")
-    assert chutes_api.api_base_url() == "http://127.0.0.1:2"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHUTES_")}
+    env.update(CHUTES_CONFIG_PATH=str(path), HOME=str(tmp_path))
+    assert sdk_api_url({**env, "CHUTES_API_URL": "http://127.0.0.1:1"}) == "http://127.0.0.1:2"  # the SDK's rule
+    with chutes_api.cli_env({**env, "CHUTES_API_URL": "http://127.0.0.1:1"}) as cli_env:
+        copy = Path(cli_env["CHUTES_CONFIG_PATH"])
+        assert copy != path
+        assert stat.S_IMODE(copy.stat().st_mode) == 0o600 and stat.S_IMODE(copy.parent.stat().st_mode) == 0o700
+        assert sdk_api_url(cli_env) == "http://127.0.0.1:1"
+        assert seed in copy.read_text()  # the same account
+    assert not copy.parent.exists()
+    assert "base_url = http://127.0.0.1:2" in path.read_text()  # the saved config is left as it was
+    for same in ({**env, "CHUTES_API_URL": "http://127.0.0.1:2/"}, env):  # same URL, or no variable: no copy
+        with chutes_api.cli_env(same) as cli_env:
+            assert cli_env["CHUTES_CONFIG_PATH"] == str(path)
 
 
 def test_api_key_sources_and_the_file_mode_rule(config, monkeypatch, tmp_path):
