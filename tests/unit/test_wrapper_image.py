@@ -4,7 +4,6 @@ tools/image_setup.sh: its branches as text, and its choices run under sh with st
 from __future__ import annotations
 
 import importlib.util
-import os
 import shutil
 import subprocess
 from pathlib import Path
