@@ -215,7 +215,7 @@ def test_chutes_is_installed_in_a_venv_at_the_sdk_version(elsewhere):
     assert f"--chutes-version {version} " in command
     assert '"$PY" -m venv "$VENV_DIR"' in SCRIPT
     assert "--system-site-packages" not in SCRIPT
-    assert '"chutes==$CHUTES_VERSION"' in SCRIPT
+    assert '"chutes==$SDK_VERSION"' in SCRIPT
     text = str(build_wrapper_image("alice", "svc", "v1", BASE))
     assert f"--chutes-version {version} " in text
 
