@@ -121,6 +121,14 @@ def _param_values(key: str, value: Any) -> list[tuple[str, str]]:
     return [(key, str(value))]
 
 
+def header_value(field: str, value: Any) -> Any:
+    """A caller's value that becomes part of an upstream header (a content type, a file name): CR, LF
+    or NUL in it would split or end the header, so the caller gets a 400 naming the field."""
+    if isinstance(value, str) and any(ch in value for ch in "\r\n\0"):
+        raise BadRequest(f"{field}: must not contain CR, LF or NUL")
+    return value
+
+
 def _sniff(data: bytes) -> str:
     for magic, content_type in _MAGIC:
         if data.startswith(magic):
@@ -134,7 +142,7 @@ def _decode_file(key: str, value: Any) -> tuple[bytes, str | None]:
     match = _DATA_URL_RE.match(value)
     content_type = None
     if match:
-        content_type = match.group(1) or None
+        content_type = header_value(f"{key} (its data: URL's media type)", match.group(1)) or None
         value = match.group(3)
         if not (match.group(2) or "").endswith("base64"):
             from urllib.parse import unquote_to_bytes
@@ -182,7 +190,7 @@ def build_outgoing(target: Target, payload: Any, caller_query: list[tuple[str, s
 def _raw_body(route: Route, body: dict) -> tuple[bytes, str]:
     """A raw request body from `body_base64` (base64 or a data: URL) or `body` (a data: URL or text),
     with `content_type` or the data URL's or the manifest's type; removes those keys from `body`."""
-    content_type = body.pop(RAW_TYPE_KEY, None)
+    content_type = header_value(RAW_TYPE_KEY, body.pop(RAW_TYPE_KEY, None))
     if content_type is not None and not isinstance(content_type, str):
         raise BadRequest(f"{RAW_TYPE_KEY}: expected a string like audio/wav")
     if RAW_BASE64_KEY in body:
@@ -228,8 +236,9 @@ def _form_data(target: Target, body: dict, force_multipart: bool) -> aiohttp.For
     for key, value in fields.items():
         form.add_field(key, _field_text(value))
     for name, (data, data_url_type) in files.items():
-        content_type = body.get(f"{name}_content_type") or target.file_fields.get(name) or data_url_type or _sniff(data)
-        filename = body.get(f"{name}_filename") or name + extension_for(str(content_type))
+        content_type = (header_value(f"{name}_content_type", body.get(f"{name}_content_type"))
+                        or target.file_fields.get(name) or data_url_type or _sniff(data))
+        filename = header_value(f"{name}_filename", body.get(f"{name}_filename")) or name + extension_for(str(content_type))
         form.add_field(name, data, filename=str(filename), content_type=str(content_type))
     return form
 
@@ -534,7 +543,7 @@ def make_catch_all_handler(pool: UpstreamPool, targets: list[Target]):
             template, allowed = match_template(templates, method, path)
             if template is None:
                 # the caller's mistake: 400, never a status the gateway counts against the instance
-                raise BadRequest(f"{method} {path} matches no route of this chute; allowed: {', '.join(allowed)}")
+                return _error(400, f"{method} {path} matches no route of this chute", allowed=allowed)
             inner = payload.get(CATCH_ALL_BODY_KEY.get(template.route.request_kind, "form"))
             if inner is None:
                 inner = {}
