@@ -18,7 +18,9 @@ from collections import defaultdict
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Mapping, Sequence
 
-from tools.errors import WrapperError
+from tools.constants import APP_DIR, ENV_KEY_RE
+from tools.errors import ImageConfigError
+from tools.routes import manifest_path
 
 if TYPE_CHECKING:  # chutes.image is imported when an image is built, not when this module is
     from chutes.image import Image
@@ -27,7 +29,6 @@ STATE_DIR = "/opt/chutes-wrappers"
 VENV_DIR = f"{STATE_DIR}/venv"
 # KEY=VALUE lines (WORKDIR, PATH, PYTHONPATH) as the base image had them.
 BASE_ENV_FILE = f"{STATE_DIR}/base.env"
-APP_DIR = "/app"
 RUN_USER = "chutes"
 HOME_DIR = f"/home/{RUN_USER}"
 CACHE_DIR = f"{HOME_DIR}/.cache"
@@ -48,23 +49,22 @@ SETUP_SCRIPT_IN_IMAGE = f"{STATE_DIR}/image_setup.sh"
 RUNTIME_FILES = (
     "tools/__init__.py",
     "tools/chute_wrappers.py",
+    "tools/constants.py",
     "tools/errors.py",
     "tools/launcher.py",
+    "tools/processes.py",
     "tools/proxy.py",
+    "tools/registration.py",
     "tools/routes.py",
     "tools/wrapper_image.py",
+    "tools/sdk/__init__.py",
 )
 
 DISTROS = ("auto", "debian", "alpine", "rhel")
 
-ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 PACKAGE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9+._:=~/-]*$")
 PYTHON_RE = re.compile(r"^[A-Za-z0-9_./+-]+$")
 VERSION_RE = re.compile(r"^[A-Za-z0-9.+!-]+$")
-
-
-class ImageConfigError(WrapperError, ValueError):
-    """An argument of build_wrapper_image cannot go into a Dockerfile (bad env key/value, package...)."""
 
 
 def build_wrapper_image(
@@ -158,20 +158,15 @@ def env_directive_args(user_env: Mapping[str, object]) -> str:
 
 
 def _append_env(image: "Image", args: str) -> None:
-    from chutes.image.directive import BaseDirective, DirectiveType
+    from tools.sdk import append_env_directive
 
-    image._directives.append(BaseDirective(DirectiveType.ENV, args))
+    append_env_directive(image, args)
 
 
 def _append_add(image: "Image", sources: Sequence[str], dest: str, chown: str | None = None) -> None:
-    """One ADD of several files. The SDK's `Image.add` takes one glob per instruction and fails when it
-    matches nothing; ours lists the files and uploads those present (`chutes build` sends each
-    directive's `_build_context`), so importing the module where they are absent never fails."""
-    from chutes.image.directive import BaseDirective, DirectiveType
+    from tools.sdk import append_add_directive
 
-    directive = BaseDirective(DirectiveType.ADD, " ".join([*([f"--chown={chown}"] if chown else []), *sources, dest]))
-    directive._build_context = [source for source in sources if os.path.isfile(source)]
-    image._directives.append(directive)
+    append_add_directive(image, list(sources), dest, chown)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -195,7 +190,7 @@ def context_files(module_file: str | None, cwd: str | None = None) -> list[tuple
         adds += [(tuple(paths), f"{APP_DIR}/{directory}/") for directory, paths in by_directory.items()]
     if module_file:
         module_path = os.path.realpath(module_file)
-        manifest = os.path.join(os.path.dirname(module_path), Path(module_path).stem + ".routes.json")
+        manifest = str(manifest_path(module_path))
         if os.path.isfile(manifest) and os.path.commonpath([cwd, manifest]) == cwd:
             relative = Path(os.path.relpath(manifest, cwd)).as_posix()
             adds.append(((relative,), f"{APP_DIR}/{relative}"))
@@ -210,7 +205,7 @@ def caller_file() -> str | None:
         filename = frame.f_code.co_filename
         if filename.startswith("<"):
             return None
-        if os.path.dirname(os.path.realpath(filename)) != package_dir:
+        if not os.path.realpath(filename).startswith(package_dir + os.sep):
             return filename
         frame = frame.f_back
     return None
