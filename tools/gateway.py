@@ -396,6 +396,130 @@ class Gateway:
 
 
 # --------------------------------------------------------------------------------------------------
+# Both as child processes: what `deploy.sh --run/--smoke/--run-docker` and the tests start.
+
+
+@dataclass
+class Platform:
+    """A running node and gateway; `url` is what callers call (as they would call the chute's URL)."""
+
+    url: str
+    node_url: str
+    key: PlatformKey  # for tests that call the node directly, as the gateway does
+    processes: list[Any]
+
+    def stats(self) -> dict[str, Any]:
+        import urllib.request
+
+        with urllib.request.urlopen(self.url + STATS_PATH, timeout=5) as answer:
+            return json.loads(answer.read())
+
+    def check(self) -> None:
+        """Raise RuntimeError if the node or the gateway has exited."""
+        for proc in self.processes:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{proc.args[2]} exited with status {proc.returncode}")
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM each process group (the node stops its service), SIGKILL after `timeout`."""
+        import signal
+        import subprocess
+
+        for proc in reversed(self.processes):
+            for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
+                try:
+                    os.killpg(proc.pid, sig)
+                except (ProcessLookupError, PermissionError):
+                    break
+                try:
+                    proc.wait(wait)
+                    break
+                except subprocess.TimeoutExpired:
+                    continue
+
+
+def _free_port(host: str = "127.0.0.1") -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def start_platform(
+    module_ref: str,
+    directory: str | os.PathLike,
+    *,
+    env: dict[str, str] | None = None,
+    cords: str | None = None,
+    port: int = 0,
+    node_port: int = 0,
+    timeout: float = 120.0,
+    log: Any = None,
+) -> Any:
+    """Start `python -m tools.sdk.node MODULE_REF` (in `directory`) and the gateway in front of it.
+
+    Each runs in its own process group with a fresh shared key (in their environment only), on free
+    ports unless given; yields a `Platform` once the gateway answers, stops both on the way out.
+    `cords` defaults to the module itself; `log` (a file) receives both processes' output.
+    Raises RuntimeError with the reason if either exits or the node is not up within `timeout`.
+    """
+    import subprocess
+    import time
+    import urllib.error
+    import urllib.request
+
+    from tools.sdk.node import KEY_ENV
+
+    root = str(Path(__file__).resolve().parent.parent)
+    base_env = dict(os.environ if env is None else env)
+    key = PlatformKey.generate()
+    base_env[KEY_ENV] = key.hex
+    base_env["CHUTES_EXECUTION_CONTEXT"] = "REMOTE"
+    base_env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, base_env.get("PYTHONPATH")]))
+    node_port = node_port or _free_port()
+    port = port or _free_port()
+    node_url, url = f"http://127.0.0.1:{node_port}", f"http://127.0.0.1:{port}"
+    output = {"stdout": log, "stderr": subprocess.STDOUT} if log is not None else {}
+    platform = Platform(url, node_url, key, [])
+
+    def spawn(*argv: str) -> None:
+        platform.processes.append(subprocess.Popen(
+            [sys.executable, "-m", *argv], cwd=directory, env=base_env, stdin=subprocess.DEVNULL,
+            start_new_session=True, **output,
+        ))
+
+    def wait(ready: Any, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        while not ready():
+            platform.check()
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the {what} did not answer within {timeout:g}s")
+            time.sleep(0.1)
+
+    def answers(target: str) -> bool:
+        try:
+            urllib.request.urlopen(target, timeout=1).close()
+        except urllib.error.HTTPError:
+            return True
+        except (urllib.error.URLError, OSError):
+            return False
+        return True
+
+    try:
+        spawn("tools.sdk.node", module_ref, "--host", "127.0.0.1", "--port", str(node_port),
+              "--logging-port", str(_free_port()))
+        spawn("tools.gateway", "--chute-url", node_url, "--cords", cords or module_ref, "--port", str(port))
+        # The node listens only after the chute's startup hooks (its service is up).
+        wait(lambda: answers(node_url + "/"), "node")
+        wait(lambda: answers(url + STATS_PATH), "gateway")
+        yield platform
+    finally:
+        platform.stop()
+
+
+# --------------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)

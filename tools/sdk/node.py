@@ -38,6 +38,7 @@ import gzip
 import hashlib
 import os
 import secrets
+import signal
 import socket
 import sys
 import time
@@ -271,6 +272,9 @@ def serve(config: NodeConfig, key: PlatformKey) -> None:
     for port, what in ((config.port, "--port"), (config.logging_port or config.port + 1, "--logging-port")):
         _check_free(config.host, port, what)
     install_stand_ins(key)
+    # The wrapped service's startup hook turns SIGTERM into SIGINT (tools/launcher.py); a parent
+    # shell that started us in the background may have left SIGINT ignored, so restore it.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     from chutes.entrypoint.run import run_chute
 
     run_chute(

@@ -1,0 +1,163 @@
+"""deploy_example on the platform's call path: the node as `chutes run` serves it, the gateway in front."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import requests
+
+from tests.platform.conftest import decrypt_envelope, node_call, signed_call
+from tools.gateway import NO_TARGETS, ChuteRecord, cord_records
+from tools.sdk.node import PlatformKey
+
+pytestmark = pytest.mark.integration
+
+
+def failures(platform) -> int:
+    return platform.stats()["instance_failures"]
+
+
+# --- the node: internal paths, POST only, the real GraValMiddleware -------------------------------
+
+
+def test_node_mounts_cords_at_internal_paths_with_post_only(example):
+    platform, _ = example
+    # From 127.0.0.1 GraValMiddleware steps aside, so the routing itself shows: no public paths...
+    assert node_call(platform.node_url, "/health", method="GET", source="127.0.0.1")[0] == 404
+    assert node_call(platform.node_url, "/v1/echo", b"{}", source="127.0.0.1")[0] == 404
+    # ...and the internal path answers POST only.
+    assert node_call(platform.node_url, "/wrapper_health", method="GET", source="127.0.0.1")[0] == 405
+
+
+def test_plain_call_from_another_address_is_refused(example):
+    platform, _ = example
+    status, body = node_call(platform.node_url, "/wrapper_health", b"{}")
+    assert status == 404 and json.loads(body) == {"detail": "Bad path: /wrapper_health"}
+
+
+def test_encrypted_path_without_signature_is_refused(example):
+    platform, _ = example
+    key = platform.key
+    status, body = node_call(platform.node_url, key.encrypt_path("/wrapper_health"), key.encrypt_body({}))
+    assert status == 401 and json.loads(body) == {"detail": "go away (missing)"}
+
+
+def test_another_key_cannot_call_the_node(example):
+    platform, _ = example
+    status, body = signed_call(platform, "/wrapper_health", {}, key=PlatformKey.generate())
+    assert status == 404 and json.loads(body)["detail"].startswith("Bad path")
+
+
+def test_body_not_encrypted_with_the_key_is_refused(example):
+    platform, _ = example
+    key = platform.key
+    body = "bm90IG91cnM="  # base64, but not our ciphertext
+    status, answer = node_call(platform.node_url, key.encrypt_path("/wrapper_health"), body, headers=key.sign(body))
+    assert status == 400 and b"Decryption failed" in answer
+
+
+def test_signed_encrypted_call_answers_an_encrypted_envelope(example):
+    platform, _ = example
+    status, raw = signed_call(platform, "/wrapper_health", {})
+    assert status == 200
+    envelope = json.loads(raw)
+    assert list(envelope) == ["json"] and "healthy" not in envelope["json"]  # ciphertext, not JSON
+    assert decrypt_envelope(platform.key, raw)["status"] == "healthy"
+
+
+# --- through the gateway: what callers get ----------------------------------------------------
+
+
+def test_module_cord_through_the_gateway(example):
+    platform, service = example
+    before = failures(platform)
+    answer = requests.get(f"{platform.url}/health", timeout=30)
+    assert answer.status_code == 200 and answer.headers["content-type"] == "application/json"
+    port = service.rsplit(":", 1)[1]
+    assert answer.json() == {"status": "healthy", "ports": {port: "ok"}}
+    assert answer.headers["x-chutes-invocationid"]
+    assert failures(platform) == before
+
+
+def test_json_passthrough_cord_equals_the_service(example):
+    platform, service = example
+    body = {"text": "héllo", "n": [1, 2, 3], "nested": {"ok": True}}
+    direct = requests.post(f"{service}/v1/echo", json=body, timeout=30)
+    through = requests.post(f"{platform.url}/v1/echo", json=body, timeout=30)
+    assert through.status_code == 200
+    assert through.headers["content-type"] == "application/json"
+    assert through.json() == direct.json() == {"echo": body}
+
+
+def test_wav_cord_is_byte_exact_with_its_content_type(example):
+    platform, service = example
+    body = {"text": "Byte exact please", "language": "en"}
+    direct = requests.post(f"{service}/tts_to_audio/", json=body, timeout=30)
+    through = requests.post(f"{platform.url}/tts_to_audio", json=body, timeout=30)
+    assert through.status_code == 200
+    assert through.headers["content-type"] == "audio/wav"
+    assert through.content == direct.content and through.content[:4] == b"RIFF"
+
+
+def test_sse_cord_streams_the_services_events(example):
+    platform, service = example
+    body = {"count": 4}
+    direct = requests.post(f"{service}/v1/stream", json=body, timeout=30)
+    with requests.post(f"{platform.url}/v1/stream", json=body, timeout=30, stream=True) as through:
+        assert through.status_code == 200
+        assert through.headers["content-type"].startswith("text/event-stream")
+        text = b"".join(through.iter_content(None)).decode()
+    assert text == direct.text and text.endswith("data: [DONE]\n\n")
+
+
+def test_gateway_rules_before_any_instance_call(example):
+    platform, _ = example
+    calls = platform.stats()["calls"]
+    # router.py _invoke: no cord for this public path + method.
+    for method, path in (("GET", "/nope"), ("DELETE", "/health"), ("GET", "/v1/echo")):
+        answer = requests.request(method, f"{platform.url}{path}", timeout=30)
+        assert answer.status_code == 404 and answer.json() == {"detail": "No matching cord found!"}
+    # router.py _invoke: a POST body that is not JSON.
+    answer = requests.post(f"{platform.url}/v1/echo", data=b"{nope", timeout=30)
+    assert answer.status_code == 400 and answer.json()["detail"].startswith("invalid request JSON payload")
+    assert platform.stats()["calls"] == calls
+
+
+def test_gateway_cord_list_is_what_chutes_deploy_sends():
+    import deploy_example
+
+    records = cord_records(deploy_example.chute)
+    by_public = {(r["public_api_path"], r["public_api_method"]): r for r in records}
+    health = by_public[("/health", "GET")]
+    assert health["path"] == "/wrapper_health" and health["stream"] is False
+    assert by_public[("/v1/echo", "POST")]["passthrough"] is True
+    assert by_public[("/v1/stream", "POST")]["stream"] is True
+    assert set(health) == {"method", "path", "public_api_path", "public_api_method", "stream", "function",
+                           "input_schema", "output_schema", "output_content_type", "minimal_input_schema",
+                           "passthrough"}
+    assert ChuteRecord.of(deploy_example.chute).concurrency == deploy_example.chute.concurrency
+
+
+def test_instance_failure_is_counted_and_answered_as_the_gateway_does(tmp_path):
+    """A chute whose service is down: the call fails the instance; the caller gets the API's 500."""
+    from tests.conftest import free_port
+    from tests.platform.conftest import copy_module, platform_for
+
+    source = (
+        "import os\n"
+        "from chutes.chute import Chute\n"
+        "from tools.chute_wrappers import register_passthrough_routes\n"
+        "chute = Chute(username='test', name='downtest', image='unused')\n"
+        "register_passthrough_routes(chute, [{'path': '/down', 'method': 'GET', 'target_path': '/v1/text',\n"
+        "    'request': {'kind': 'none'}, 'response': {'kind': 'text', 'content_type': 'text/plain'}}],\n"
+        "    int(os.environ['DEAD_PORT']))\n"
+    )
+    directory = copy_module(tmp_path, "deploy_downtest", source)
+    dead = free_port()
+    with platform_for("deploy_downtest:chute", directory, f"http://127.0.0.1:{dead}", tmp_path,
+                      DEAD_PORT=str(dead)) as platform:
+        answer = requests.get(f"{platform.url}/down", timeout=60)
+        assert answer.status_code == 500 and answer.json() == {"detail": NO_TARGETS}
+        stats = platform.stats()
+        assert stats["instance_failures"] == 1 and stats["consecutive_failures"] == 1
