@@ -344,12 +344,13 @@ def add_fixture_routes(app: FastAPI) -> None:
 UTF8_EVENT = "data: {\"text\": \"h\u00e9llo w\u00f6rld \u2713 \U0001f389\"}\n\n".encode()
 
 
-async def utf8_split_events(count: int) -> AsyncIterator[bytes]:
-    """`count` SSE events of non-ASCII JSON text, each sent in two chunks that split a character."""
+async def utf8_split_events(count: int, interval: float) -> AsyncIterator[bytes]:
+    """`count` SSE events of non-ASCII JSON text, each sent in two chunks that split a character
+    (`interval` seconds apart, so that they travel as two chunks)."""
     cut = UTF8_EVENT.index("\u00e9".encode()) + 1  # inside the two bytes of "é"
     for _ in range(count):
         yield UTF8_EVENT[:cut]
-        await asyncio.sleep(0)
+        await asyncio.sleep(interval)
         yield UTF8_EVENT[cut:]
     yield b"data: [DONE]\n\n"
 
@@ -393,8 +394,9 @@ def add_contract_routes(app: FastAPI) -> None:
         return StreamingResponse(parts(), media_type="application/json")  # no Content-Length: chunked
 
     @app.post("/v1/stream/utf8", include_in_schema=False)
-    async def stream_utf8(count: int = Query(3, ge=0, le=1000)) -> StreamingResponse:
-        return StreamingResponse(utf8_split_events(count), media_type="text/event-stream")
+    async def stream_utf8(count: int = Query(3, ge=0, le=1000),
+                          interval: float = Query(0.05, ge=0.0, le=10.0)) -> StreamingResponse:
+        return StreamingResponse(utf8_split_events(count, interval), media_type="text/event-stream")
 
     @app.get("/v1/stream/bytes", include_in_schema=False)
     async def stream_bytes(size: int = Query(4096, ge=0, le=MAX_BLOB_BYTES),
