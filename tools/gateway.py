@@ -41,6 +41,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from tools.constants import DEFAULT_LOCAL_TIMEOUT, port_argument
+from tools.errors import ServiceError, WrapperError, run_cli
 from tools.sdk.node import GATEWAY_SOURCE_ADDRESS, PlatformKey
 
 # api/chute/util.py get_miner_session: ClientTimeout(connect=5.0, total=600.0), read_bufsize=8 MiB
@@ -107,7 +109,7 @@ def load_record(spec: str, directory: str | os.PathLike | None = None) -> ChuteR
     base = Path(directory or os.getcwd())
     file = base / f"{module_name}.py"
     if not file.is_file():
-        raise SystemExit(f"gateway: error: --cords {spec}: neither a JSON file nor a module in {base}")
+        raise WrapperError(f"--cords {spec}: neither a JSON file nor a module in {base}", "give a cords .json or MODULE:CHUTE")
     if str(base) not in sys.path:
         sys.path.insert(0, str(base))
     module_spec = importlib.util.spec_from_file_location(module_name, file)
@@ -126,11 +128,11 @@ class InstanceFailure(Exception):
     """Anything `invoke` catches that is not RATE_LIMIT or BAD_REQUEST: counts toward disabling the instance."""
 
 
-class RateLimited(Exception):
+class InstanceRateLimit(Exception):
     """`_invoke_one`: miner status 429 -> InstanceRateLimit (error "RATE_LIMIT", not a failure)."""
 
 
-class BadRequest(Exception):
+class MinerBadRequest(Exception):
     """`_invoke_one`: miner status 400 -> BadRequest("Invalid request: " + text) (not a failure)."""
 
 
@@ -186,7 +188,7 @@ class Gateway:
     # -- one call: api/chute/util.py `_invoke_one` -------------------------------------------------
 
     async def _post(self, path: str, payload: Any) -> aiohttp.ClientResponse:
-        """Encrypted path and body, signed headers; raises RateLimited/BadRequest/InstanceFailure."""
+        """Encrypted path and body, signed headers; raises InstanceRateLimit/MinerBadRequest/InstanceFailure."""
         # `_invoke_one`: `aes_encrypt(path.ljust(24, "?"), key, hex_encode=True)` when the instance
         # uses encrypted paths; GraValMiddleware.dispatch decrypts `bytes.fromhex(path[1:])`.
         url = self.key.encrypt_path(path)
@@ -206,10 +208,10 @@ class Gateway:
         # `invoke` counts as a failure of the instance.
         if response.status == 429:
             response.release()
-            raise RateLimited("instance answered 429")
+            raise InstanceRateLimit("instance answered 429")
         if response.status == 400:
             text = await response.text(errors="replace")
-            raise BadRequest("Invalid request: " + text)
+            raise MinerBadRequest("Invalid request: " + text)
         if response.status >= 400:
             text = (await response.read())[:300].decode("utf-8", "replace")
             raise InstanceFailure(f"instance answered {response.status}: {text}")
@@ -303,10 +305,10 @@ class Gateway:
     def _error_answer(self, exc: Exception) -> Response:
         """`invoke` then `_invoke`: what the caller gets once the call failed (one instance, so the
         retry finds no other target)."""
-        if isinstance(exc, RateLimited):
+        if isinstance(exc, InstanceRateLimit):
             self.stats.rate_limited += 1
             return JSONResponse({"detail": OVERLOAD}, status_code=429)
-        if isinstance(exc, BadRequest):
+        if isinstance(exc, MinerBadRequest):
             # `invoke`: sse({"error": "bad_request", "detail": f"Invalid request: {error_detail}"})
             # with error_detail = str(BadRequest("Invalid request: " + text)); `_invoke`: 400.
             self.stats.bad_requests += 1
@@ -322,7 +324,7 @@ class Gateway:
         self.stats.in_flight += 1
         try:
             result = await self.call_once(path, payload)
-        except (RateLimited, BadRequest, InstanceFailure) as exc:
+        except (InstanceRateLimit, MinerBadRequest, InstanceFailure) as exc:
             return self._error_answer(exc)
         finally:
             self.stats.in_flight -= 1
@@ -355,7 +357,7 @@ class Gateway:
             self.stats.consecutive_failures = 0
             # `_invoke`: generator.__anext__() raising -> 500 "Unhandled error generating response: {e}"
             return JSONResponse({"detail": "Unhandled error generating response: "}, status_code=500)
-        except (RateLimited, BadRequest, InstanceFailure) as exc:
+        except (InstanceRateLimit, MinerBadRequest, InstanceFailure) as exc:
             self.stats.in_flight -= 1
             return self._error_answer(exc)
 
@@ -415,10 +417,10 @@ class Platform:
             return json.loads(answer.read())
 
     def check(self) -> None:
-        """Raise RuntimeError if the node or the gateway has exited."""
+        """Raise ServiceError if the node or the gateway has exited."""
         for proc in self.processes:
             if proc.poll() is not None:
-                raise RuntimeError(f"{proc.args[2]} exited with status {proc.returncode}")
+                raise ServiceError(f"{proc.args[2]} exited with status {proc.returncode}", "see its output above")
 
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM each process group (the node stops its service), SIGKILL after `timeout`."""
@@ -455,7 +457,7 @@ def start_platform(
     cords: str | None = None,
     port: int = 0,
     node_port: int = 0,
-    timeout: float = 120.0,
+    timeout: float = DEFAULT_LOCAL_TIMEOUT,
     log: Any = None,
 ) -> Any:
     """Start `python -m tools.sdk.node MODULE_REF` (in `directory`) and the gateway in front of it.
@@ -463,7 +465,7 @@ def start_platform(
     Each runs in its own process group with a fresh shared key (in their environment only), on free
     ports unless given; yields a `Platform` once the gateway answers, stops both on the way out.
     `cords` defaults to the module itself; `log` (a file) receives both processes' output.
-    Raises RuntimeError with the reason if either exits or the node is not up within `timeout`.
+    Raises ServiceError if either exits or does not answer within `timeout`.
     """
     import subprocess
     import time
@@ -495,7 +497,7 @@ def start_platform(
         while not ready():
             platform.check()
             if time.monotonic() > deadline:
-                raise RuntimeError(f"the {what} did not answer within {timeout:g}s")
+                raise ServiceError(f"the {what} did not answer within {timeout:g}s", "see its output above")
             time.sleep(0.1)
 
     def answers(target: str) -> bool:
@@ -536,7 +538,7 @@ def serve(config: GatewayConfig, key: PlatformKey) -> None:
     import uvicorn
 
     if config.source_address == "127.0.0.1":
-        raise SystemExit("gateway: error: --source-address 127.0.0.1 would bypass the node's GraValMiddleware")
+        raise WrapperError("--source-address 127.0.0.1 would bypass the node's GraValMiddleware", "use 127.0.0.2")
     gateway = Gateway(load_record(config.cords), config.chute_url.rstrip("/"), key, config.source_address)
     uvicorn.run(gateway.app(), host=config.host, port=config.port, log_level="warning", lifespan="on")
 
@@ -546,12 +548,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--chute-url", required=True, help="the node, e.g. http://127.0.0.1:8000")
     parser.add_argument("--cords", required=True, help="cords JSON file, or MODULE:CHUTE in the current directory")
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument("--port", type=port_argument, default=8080)
     parser.add_argument("--source-address", default=GATEWAY_SOURCE_ADDRESS,
                         help="local address to call the node from (never 127.0.0.1; '' for any)")
     args = parser.parse_args(argv)
     config = GatewayConfig(args.chute_url, args.cords, args.host, args.port, args.source_address or None)
-    serve(config, PlatformKey.from_env())
+    run_cli(lambda: serve(config, PlatformKey.from_env()), prog="gateway")
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from typing import Any, Iterator
 import pytest
 
 from tests.conftest import PYTHON, ROOT, free_port, stop_process, wait_for_port
+from tools.errors import ServiceError
 from tools.gateway import Platform, start_platform
 from tools.sdk.node import GATEWAY_SOURCE_ADDRESS, PlatformKey
 
@@ -44,7 +45,7 @@ def platform_for(module_ref: str, directory: Path, service_url: str, tmp: Path, 
         try:
             with start_platform(module_ref, directory, env=environ, log=log, timeout=90) as platform:
                 yield platform
-        except RuntimeError as exc:
+        except ServiceError as exc:
             raise AssertionError(f"{exc}\n{(tmp / 'platform.log').read_text()[-3000:]}") from None
 
 

@@ -161,3 +161,28 @@ def test_instance_failure_is_counted_and_answered_as_the_gateway_does(tmp_path):
         assert answer.status_code == 500 and answer.json() == {"detail": NO_TARGETS}
         stats = platform.stats()
         assert stats["instance_failures"] == 1 and stats["consecutive_failures"] == 1
+
+
+def test_a_chute_whose_service_dies_at_startup_stops_the_node_with_the_reason(tmp_path):
+    """Patch point 5: the SDK would sleep 60 s before exiting; the node exits 1 with one line."""
+    from tests.conftest import free_port
+    from tests.platform.conftest import copy_module
+    from tools.errors import ServiceError
+    from tools.gateway import start_platform
+
+    source = (
+        "import os\n"
+        "from chutes.chute import Chute\n"
+        "from tools.launcher import attach_service\n"
+        "chute = Chute(username='test', name='diestest', image='unused')\n"
+        "attach_service(chute, ['python3', '-c', 'raise SystemExit(3)'], [int(os.environ['DEAD_PORT'])], timeout=60)\n"
+    )
+    directory = copy_module(tmp_path, "deploy_diestest", source)
+    env = dict(__import__("os").environ, DEAD_PORT=str(free_port()))
+    env.pop("CHUTES_SERVICE_EXTERNAL", None)
+    log_path = tmp_path / "platform.log"
+    with open(log_path, "wb") as log, pytest.raises(ServiceError, match="tools.sdk.node exited with status 1"):
+        with start_platform("deploy_diestest:chute", directory, env=env, log=log, timeout=60):
+            pass
+    text = log_path.read_text()
+    assert "node: error: chute startup failed" in text and "exited with status 3" in text

@@ -49,6 +49,8 @@ from typing import TYPE_CHECKING, Any
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from tools.constants import DEFAULT_CHUTE_PORT
+
 if TYPE_CHECKING:
     from substrateinterface import Keypair
 
@@ -82,7 +84,9 @@ class PlatformKey:
         except ValueError:
             secret = b""
         if len(secret) != 32:
-            raise SystemExit(f"{KEY_ENV} must hold 64 hex digits (the local platform's shared key)")
+            from tools.errors import WrapperError
+
+            raise WrapperError(f"{KEY_ENV} must hold 64 hex digits", "the local platform's shared key: start_platform sets it")
         return cls(secret)
 
     @property
@@ -261,7 +265,7 @@ class NodeConfig:
 
     module_ref: str
     host: str = "127.0.0.1"
-    port: int = 8000
+    port: int = DEFAULT_CHUTE_PORT
     logging_port: int | None = None  # default port + 1, as `deploy.sh --run` picks it
 
 
@@ -294,21 +298,27 @@ def serve(config: NodeConfig, key: PlatformKey) -> None:
 
 def _check_free(host: str, port: int, what: str) -> None:
     """`_run_chute` retries a taken port for 6 s and then sleeps 60 s: say it at once instead."""
+    from tools.errors import WrapperError
+
     with socket.socket() as sock:
         try:
             sock.bind((host, port))
         except OSError as exc:
-            raise SystemExit(f"node: error: {what} {port} on {host} cannot be used: {exc.strerror}") from None
+            raise WrapperError(f"{what} {port} on {host} cannot be used: {exc.strerror}", "pick a free port") from None
 
 
 def main(argv: list[str] | None = None) -> None:
+    from tools.constants import port_argument
+    from tools.errors import run_cli
+
     parser = argparse.ArgumentParser(prog="python -m tools.sdk.node", description=__doc__.splitlines()[0])
     parser.add_argument("module_ref", help="MODULE:CHUTE, e.g. deploy_example:chute (run from the module's directory)")
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8000)
-    parser.add_argument("--logging-port", type=int, default=None, help="the SDK's logging server (default port+1)")
+    parser.add_argument("--port", type=port_argument, default=DEFAULT_CHUTE_PORT)
+    parser.add_argument("--logging-port", type=port_argument, default=None, help="the SDK's logging server (default port+1)")
     args = parser.parse_args(argv)
-    serve(NodeConfig(args.module_ref, args.host, args.port, args.logging_port), PlatformKey.from_env())
+    config = NodeConfig(args.module_ref, args.host, args.port, args.logging_port)
+    run_cli(lambda: serve(config, PlatformKey.from_env()), prog="node")
 
 
 if __name__ == "__main__":
