@@ -186,3 +186,45 @@ def test_a_chute_whose_service_dies_at_startup_stops_the_node_with_the_reason(tm
             pass
     text = log_path.read_text()
     assert "node: error: chute startup failed" in text and "exited with status 3" in text
+
+
+def test_busy_instance_is_rate_limiting_not_an_instance_failure(tmp_path, monkeypatch):
+    """Calls beyond the chute's concurrency: the gateway answers 429 itself (api/instance/util.py
+    get_targets: InfraOverload) and, when it lets one through, the node's GraValMiddleware answers
+    429, which `_invoke_one` treats as a rate limit. Neither fails the instance."""
+    import threading
+    import time
+
+    from tests.platform.conftest import copy_module, demo_service, platform_for
+    from tools.gateway import OVERLOAD, load_record
+
+    source = (
+        "import os\n"
+        "from chutes.chute import Chute\n"
+        "from tools.chute_wrappers import load_route_manifest, register_passthrough_routes\n"
+        "chute = Chute(username='test', name='busytest', image='unused', concurrency=1)\n"
+        "register_passthrough_routes(chute, load_route_manifest(), int(os.environ['CHUTE_PORTS']))\n"
+    )
+    directory = copy_module(tmp_path, "deploy_busytest", source)
+    with demo_service(tmp_path) as service:
+        monkeypatch.setenv("CHUTE_PORTS", service.rsplit(":", 1)[1])
+        record = load_record("deploy_busytest:chute", directory)
+        # The gateway believes in 2 calls at once: the second one reaches the node, which allows 1.
+        (tmp_path / "cords.json").write_text(json.dumps({"cords": record.cords, "concurrency": 2}))
+        for concurrency, cords in ((1, None), (2, str(tmp_path / "cords.json"))):
+            with platform_for("deploy_busytest:chute", directory, service, tmp_path, cords=cords) as platform:
+                slow = threading.Thread(target=requests.get, args=(f"{platform.url}/v1/slow?seconds=4",),
+                                        kwargs={"timeout": 60})
+                slow.start()
+                try:
+                    while platform.stats()["in_flight"] < 1:
+                        assert slow.is_alive(), "the slow call ended before it was seen in flight"
+                        time.sleep(0.02)
+                    answer = requests.get(f"{platform.url}/v1/models", timeout=60)
+                finally:
+                    slow.join()
+                assert answer.status_code == 429 and answer.json() == {"detail": OVERLOAD}, concurrency
+                stats = platform.stats()
+                assert stats["rate_limited"] == 1 and stats["instance_failures"] == 0, (concurrency, stats)
+                # with the gateway's own gate at 2, the second call reached the node, which said 429
+                assert stats["calls"] == concurrency, (concurrency, stats)
