@@ -228,3 +228,60 @@ def test_busy_instance_is_rate_limiting_not_an_instance_failure(tmp_path, monkey
                 assert stats["rate_limited"] == 1 and stats["instance_failures"] == 0, (concurrency, stats)
                 # with the gateway's own gate at 2, the second call reached the node, which said 429
                 assert stats["calls"] == concurrency, (concurrency, stats)
+
+
+BUILD_APP_SCRIPT = """
+import asyncio, http.client, json, socket
+import uvicorn
+from tools.sdk.node import PlatformKey, build_app
+
+def call(port, path, body, headers):
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30, source_address=("127.0.0.2", 0))
+    conn.request("POST", path, body=body, headers=headers)
+    answer = conn.getresponse()
+    return answer.status, answer.read().decode()
+
+async def main():
+    key = PlatformKey.generate()
+    app = await build_app("deploy_appbuild:chute", key)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="off", log_level="warning"))
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        await asyncio.sleep(0.01)
+    body = key.encrypt_body({"x": 1})
+    status, text = await asyncio.to_thread(call, port, key.encrypt_path("/hello"), body, key.sign(body))
+    plain = await asyncio.to_thread(call, port, "/hello", b"{}", {})
+    server.should_exit = True
+    await task
+    print(json.dumps({"status": status, "answer": json.loads(key.decrypt_answer(json.loads(text)["json"])),
+                      "plain": plain}))
+
+asyncio.run(main())
+"""
+
+
+def test_build_app_serves_the_node_app_in_process(tmp_path):
+    """`build_app` (for in-process tests) gives the same wire as the node: POST at the internal
+    path, GraValMiddleware with the stand-in crypto. Run in a child so the stand-ins stay there."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    (tmp_path / "deploy_appbuild.py").write_text(
+        "from chutes.chute import Chute\n"
+        "chute = Chute(username='test', name='appbuild', image='unused')\n"
+        "@chute.cord(path='/hello', public_api_path='/hi', public_api_method='POST')\n"
+        "async def hello(self, data: dict) -> dict:\n"
+        "    return {'got': data}\n"
+    )
+    env = dict(__import__("os").environ, PYTHONPATH=str(ROOT))
+    done = subprocess.run([sys.executable, "-c", BUILD_APP_SCRIPT], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["status"] == 200 and result["answer"] == {"got": {"x": 1}}
+    assert result["plain"][0] == 404 and "Bad path" in result["plain"][1]
