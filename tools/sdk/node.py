@@ -171,6 +171,8 @@ class PlatformKey:
 # --------------------------------------------------------------------------------------------------
 # The patch points
 
+_ORIGINALS: dict[str, Any] = {}
+
 
 def install_stand_ins(key: PlatformKey) -> None:
     """Patch the SDK so that `run_chute(dev=True)` serves the node's production app with `key`."""
@@ -208,7 +210,7 @@ def install_stand_ins(key: PlatformKey) -> None:
     # 4. run.load_chute: dev=True sets CHUTES_DEV_MODE=true just before loading the module, and
     # Chute.initialize then mounts each cord at its public path and method. Production mounts
     # `cord.path` with POST, so the flag is removed before initialize runs.
-    real_load_chute = run.load_chute
+    real_load_chute = _ORIGINALS.setdefault("load_chute", run.load_chute)  # installing twice wraps once
 
     def load_chute(*args: Any, **kwargs: Any) -> Any:
         module, chute = real_load_chute(*args, **kwargs)
