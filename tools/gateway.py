@@ -172,7 +172,6 @@ class Gateway:
                 connector=connector,
                 timeout=aiohttp.ClientTimeout(connect=CONNECT_TIMEOUT, total=TOTAL_TIMEOUT),
                 read_bufsize=READ_BUFSIZE,
-                auto_decompress=False,
             )
         return self._session
 
@@ -232,7 +231,7 @@ class Gateway:
             # `.get("media_type", ...)`: a present media_type wins even when it is null.
             content_type = data.get("media_type", headers.get("Content-Type", "text/plain"))
             return {"content_type": content_type, "bytes": plaintext}
-        except (ValueError, KeyError, TypeError, orjson.JSONDecodeError, aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        except (ValueError, KeyError, TypeError, AttributeError, aiohttp.ClientError, asyncio.TimeoutError) as exc:
             raise InstanceFailure(f"unreadable answer: {type(exc).__name__}: {exc}") from None
         finally:
             response.release()
