@@ -33,6 +33,11 @@ GLOBAL_OPTIONS = {"--yes", "--debug", "--help"}  # deploy.sh accepts them with e
 # Flags of other programs that README shows, by the command they belong to. Those of the `chutes`
 # CLI are checked against its own Typer app; the container engine's are not (it may not be installed).
 ENGINE_FLAGS = {"--cgroup-manager", "--runtime"}
+# Variables the code uses that are no setting of the user's, so README's table leaves them out.
+INTERNAL_ENV = {
+    "CHUTES_DEV_MODE": "the SDK's own; tools/sdk/node.py clears it after the SDK sets it",
+    "CHUTES_LOCAL_PLATFORM_KEY": "handed by tools/gateway.py to the node process it starts for --run",
+}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -167,7 +172,7 @@ def options_of(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
 
 def tools_with_parsers() -> list[str]:
     return sorted(
-        path.stem for path in (ROOT / "tools").glob("*.py")
+        ".".join(path.relative_to(ROOT / "tools").with_suffix("").parts) for path in (ROOT / "tools").rglob("*.py")
         if "argparse" in path.read_text() and re.search(r"^def main\(", path.read_text(), re.M)
     )
 
@@ -463,7 +468,7 @@ def module_variables() -> set[str]:
 def code_env_names() -> dict[str, set[str]]:
     """CHUTES_*/CHUTE_* names in tools/ (string constants, keyword names) and the shell scripts."""
     found: dict[str, set[str]] = {}
-    for path in sorted((ROOT / "tools").glob("*.py")):
+    for path in sorted((ROOT / "tools").rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
             texts = []
             if isinstance(node, ast.Constant) and isinstance(node.value, str):
@@ -487,7 +492,8 @@ def test_every_env_var_readme_names_is_read_by_the_code():
 
 def test_every_env_var_the_code_reads_is_in_readmes_table():
     table = set(readme_table("Environment variables"))
-    missing = set(code_env_names()) - table
+    assert set(INTERNAL_ENV) <= set(code_env_names()), "an internal variable the code no longer uses"
+    missing = set(code_env_names()) - table - set(INTERNAL_ENV)
     assert not missing, f"variables the code uses that README's table lacks: {sorted(missing)}"
     assert table <= set(code_env_names()) | module_variables()
 
