@@ -86,9 +86,9 @@ def build_wrapper_image(
 
     env: CHUTE_ENV, baked into the image. module_file: the deploy module (default: the caller), used to
     find `<module>.routes.json`. python: a Python to prefer. distro: "auto" detects the package manager;
-    "debian", "alpine" or "rhel" make the setup script try only that family's. apt_packages/extra_packages: distro packages to
-    install. chutes_version: defaults to the installed SDK's, so the `pip install chutes==X` that
-    `chutes build --local` appends is a no-op.
+    "debian", "alpine" or "rhel" make the setup script try only that family's managers.
+    apt_packages/extra_packages: distro packages to install. chutes_version: defaults to the installed
+    SDK's, so the `pip install chutes==X` that `chutes build --local` appends is a no-op.
     """
     from chutes.image import Image
 
