@@ -81,7 +81,8 @@ def command_function(flag: str) -> str:
 def action_tools() -> dict[str, list[tuple[str, str | None]]]:
     """Action flag -> the (tools module, subcommand) its cmd_ function runs, helpers followed once."""
     functions = bash_functions(DEPLOY)
-    tool_call = re.compile(r'(?:\bexec_tool|\btool|\bcmd=\()\s+"?([a-z_]+)"?(?:\s+([a-z][a-z-]*))?|\bcmd=\(([a-z_]+)(?:\s+([a-z][a-z-]*))?')
+    # `tool MODULE [SUB]`, `exec_tool MODULE`, or `cmd=(MODULE [SUB] ...)` run later by `tool "${cmd[@]}"`
+    tool_call = re.compile(r'(?:\b(?:exec_tool|tool)\s+|\bcmd=\()"?([a-z_]+)"?(?:\s+([a-z][a-z-]*))?')
     result = {}
     for flag in actions():
         body = functions.get(command_function(flag), "")
@@ -90,8 +91,7 @@ def action_tools() -> dict[str, list[tuple[str, str | None]]]:
         tools = []
         for text in bodies:
             for match in tool_call.finditer(text):
-                module = match.group(1) or match.group(3)
-                sub = match.group(2) or match.group(4)
+                module, sub = match.group(1), match.group(2)
                 if (ROOT / "tools" / f"{module}.py").is_file():
                     tools.append((module, sub))
         result[flag] = list(dict.fromkeys(tools))
@@ -240,7 +240,8 @@ def readme_commands() -> list[Command]:
                 words = words[1:] if head == "deploy.sh" else words
             elif head == "setup.sh":
                 program, words = "setup.sh", words[1:]
-            elif head in ("python", "python3") and words[1:2] == ["-m"] and words[2:3] and words[2].startswith("tools."):
+            elif head in ("python", "python3") and words[1:2] == ["-m"] and words[2:3] \
+                    and words[2].startswith("tools."):
                 program, words = words[2], words[3:]
             elif head == "chutes" and len(words) > 1:
                 program, words = f"chutes {words[1]}", words[2:]
@@ -350,7 +351,8 @@ def test_deploy_sh_help_states_the_defaults_of_the_tools_behind_each_action():
                         continue
                     default = effective_default(found)
                     assert default is not None and same_value(value, default), (
-                        f"deploy.sh --help says {action_flag} {option} defaults to {value}; tools.{module} says {default}"
+                        f"deploy.sh --help says {action_flag} {option} defaults to {value};"
+                        f" tools.{module} says {default}"
                     )
                     checked += 1
     assert checked >= 5  # --port x3, --timeout x4, --gpus: the parsing above found them

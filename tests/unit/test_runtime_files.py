@@ -74,7 +74,8 @@ def test_deploy_module_imports_with_only_the_runtime_files(module, tmp_path):
     env["PYTHONPATH"] = str(tmp_path)  # and registration on: it is what runs in the image
     # `chutes run` imports the module from /app, where the image's ADDs put these files.
     code = f"import {module} as m; assert m.chute is not None; print(len(m.chute.cords))"
-    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert int(proc.stdout.split()[-1]) > 1, "registration ran and registered cords"
     assert not (tmp_path / "tools" / "run_dev.py").exists()

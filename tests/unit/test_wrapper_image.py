@@ -349,7 +349,8 @@ def test_only_the_runtime_files_of_tools_go_into_the_image(module_dir):
 def test_build_context_is_skipped_without_error_elsewhere(elsewhere):
     image = build_wrapper_image("alice", "svc", "v1", BASE, module_file=str(ROOT / "deploy_x.py"))
     # Only the setup script's ADD (so the Dockerfile stays whole); no file to upload from here.
-    assert [args for kw, args in added(image) if kw == "ADD"] == [f"tools/image_setup.sh {wrapper_image.SETUP_SCRIPT_IN_IMAGE}"]
+    setup_add = f"tools/image_setup.sh {wrapper_image.SETUP_SCRIPT_IN_IMAGE}"
+    assert [args for kw, args in added(image) if kw == "ADD"] == [setup_add]
     assert [path for directive in image._directives for path in directive._build_context] == []
 
 
@@ -402,7 +403,8 @@ def test_the_run_line_is_one_command_once_docker_joins_the_lines(tmp_path):
     # Run it with `sh` replaced by a stand-in printing its arguments: the script path, then the options.
     (tmp_path / "sh").write_text('#!/bin/bash\nprintf "%s\\n" "$@"\n')
     (tmp_path / "sh").chmod(0o755)
-    proc = subprocess.run([shutil.which("bash"), "-c", joined], env={"PATH": str(tmp_path)}, capture_output=True, text=True)
+    proc = subprocess.run([shutil.which("bash"), "-c", joined], env={"PATH": str(tmp_path)},
+                          capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     words = proc.stdout.splitlines()
     assert words[0] == wrapper_image.SETUP_SCRIPT_IN_IMAGE and words[-2:] == ["--", "curl"]
