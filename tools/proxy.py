@@ -30,7 +30,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from tools import sdk
-from tools.errors import BadRequest
+from tools.errors import BadRequest, UpstreamBroke
 from tools.registration import Target
 from tools.routes import Route
 
@@ -269,10 +269,6 @@ SSE_ERROR_EVENT = "event: error\ndata: {}\n\n"  # the last event of an SSE answe
 _DROP_HEADERS = _HOP_HEADERS | {"proxy-connection", "date", "server"}
 _TEXT_TYPES = ("text/", "application/json", "application/x-ndjson", "application/jsonl", "application/xml",
                "application/javascript", "application/stream+json", "application/problem+json")
-
-
-class UpstreamBroke(Exception):
-    """The service's answer ended abnormally after the caller's answer had started."""
 
 
 def _error(status: int, detail: str, headers: dict[str, str] | None = None, **extra: Any) -> JSONResponse:
