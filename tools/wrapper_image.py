@@ -43,9 +43,10 @@ SETUP_ERROR = "chutes-wrappers: error: "
 SETUP_SCRIPT = "tools/image_setup.sh"
 SETUP_SCRIPT_IN_IMAGE = f"{STATE_DIR}/image_setup.sh"
 
-# What a deploy module needs inside the image at run time, relative to the project directory: the
-# public API (chute_wrappers) and everything it imports. CLIs, discovery and the demo stay out.
-# tests/unit/test_runtime_files.py imports deploy modules from a directory holding only these.
+# What runs inside the image, relative to the project directory: the deploy modules' API
+# (chute_wrappers), the node runner `--run-docker` starts there (`python -m tools.sdk.node`), and
+# everything they import. CLIs, discovery, the gateway and the demo stay out.
+# tests/unit/test_runtime_files.py imports both from a directory holding only these.
 RUNTIME_FILES = (
     "tools/__init__.py",
     "tools/chute_wrappers.py",
@@ -58,6 +59,7 @@ RUNTIME_FILES = (
     "tools/routes.py",
     "tools/wrapper_image.py",
     "tools/sdk/__init__.py",
+    "tools/sdk/node.py",
 )
 
 DISTROS = ("auto", "debian", "alpine", "rhel")

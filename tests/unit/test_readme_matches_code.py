@@ -519,7 +519,7 @@ def test_an_override_naming_no_route_is_documented_as_the_warning_it_is(caplog_l
     from tools import chute_wrappers
     from tools.routes import Route
 
-    sentence = re.search(r"a key that names no route is ([^.(]+)", README)
+    sentence = re.search(r"a key that names no (?:loaded )?route is ([^.(]+)", README)
     assert sentence and "warning" in sentence.group(1) and "error" not in sentence.group(1), sentence
     chute = Chute(username="tester", name="readme", image="unused")
     chute_wrappers.register_passthrough_routes(chute, [Route("/a")], 8020, overrides={"POST /b": {"mode": "proxy"}})

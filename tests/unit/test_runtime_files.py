@@ -1,6 +1,7 @@
-"""RUNTIME_FILES (tools/wrapper_image.py) is what a deploy module needs inside the image: a deploy module
-imports from a directory holding only those files, and every import of a listed file stays inside the
-list, including imports made inside functions (they run at chute startup, not at import)."""
+"""RUNTIME_FILES (tools/wrapper_image.py) is what runs inside the image: a deploy module, and the node
+runner `--run-docker` starts there, import from a directory holding only those files; every import of a
+listed file stays inside the list, including imports made inside functions (they run at chute startup,
+not at import)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ from tools.wrapper_image import RUNTIME_FILES, SETUP_SCRIPT
 ROOT = Path(__file__).resolve().parents[2]
 # Modules that run inside the wrapped image: the template users copy (with its manifest).
 DEPLOY_MODULES = ["deploy_example"]
+# What starts there: the deploy modules' API, and the node runner (tools/cli_run_docker.py's entrypoint).
+ENTRY_MODULES = ["tools.chute_wrappers", "tools.sdk.node"]
 
 
 def module_name(path: str) -> str:
@@ -49,8 +52,8 @@ def test_every_listed_file_exists_and_is_python_or_the_package():
 
 def test_imports_of_listed_files_stay_inside_the_list_and_every_file_is_reached():
     listed = {module_name(path) for path in RUNTIME_FILES}
-    reached = {"tools", "tools.chute_wrappers"}  # the package and the deploy modules' public API
-    todo = ["tools.chute_wrappers"]
+    reached = {"tools", *ENTRY_MODULES}
+    todo = list(ENTRY_MODULES)
     while todo:
         module = todo.pop()
         path = next(p for p in RUNTIME_FILES if module_name(p) == module)
@@ -62,16 +65,33 @@ def test_imports_of_listed_files_stay_inside_the_list_and_every_file_is_reached(
     assert reached == listed, f"listed but never imported at run time: {sorted(listed - reached)}"
 
 
+def runtime_copy(directory: Path) -> None:
+    for path in RUNTIME_FILES:
+        (directory / path).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(ROOT / path, directory / path)
+
+
+def isolated_env(directory: Path) -> dict[str, str]:
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("CHUTES_", "CHUTE_"))}
+    env["PYTHONPATH"] = str(directory)  # and registration on: it is what runs in the image
+    return env
+
+
+def test_the_node_runner_starts_with_only_the_runtime_files(tmp_path):
+    runtime_copy(tmp_path)
+    proc = subprocess.run([sys.executable, "-m", "tools.sdk.node", "--help"], cwd=tmp_path, env=isolated_env(tmp_path),
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "usage:" in proc.stdout
+
+
 @pytest.mark.parametrize("module", DEPLOY_MODULES)
 def test_deploy_module_imports_with_only_the_runtime_files(module, tmp_path):
-    for path in RUNTIME_FILES:
-        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(ROOT / path, tmp_path / path)
+    runtime_copy(tmp_path)
     for name in (f"{module}.py", f"{module}.routes.json"):
         if (ROOT / name).exists():
             shutil.copy(ROOT / name, tmp_path / name)
-    env = {key: value for key, value in os.environ.items() if not key.startswith(("CHUTES_", "CHUTE_"))}
-    env["PYTHONPATH"] = str(tmp_path)  # and registration on: it is what runs in the image
+    env = isolated_env(tmp_path)
     # `chutes run` imports the module from /app, where the image's ADDs put these files.
     code = f"import {module} as m; assert m.chute is not None; print(len(m.chute.cords))"
     proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
