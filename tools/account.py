@@ -14,7 +14,6 @@ import argparse
 import configparser
 import io
 import json
-import os
 import re
 import sys
 from dataclasses import dataclass
