@@ -326,7 +326,7 @@ def register_passthrough_routes(
     ports is served as `/<port>/<path>` for the later port, and a route the module serves with its
     own cord is left to the module (also when the module's cord is defined after this call).
     """
-    from tools.proxy import RouteOptions, Target, Template, make_handler
+    from tools.proxy import RouteOptions, Target, Template
 
     report = RegistrationReport()
     if _env_flag("CHUTES_SKIP_ROUTE_REGISTRATION"):
@@ -392,7 +392,7 @@ def register_passthrough_routes(
         cord(_passthrough_stub(name))
         if mode == "proxy":
             # Chute.initialize() mounts `cord._request_handler`: ours carries what the SDK's cannot.
-            cord._request_handler = make_handler(chute, target)
+            cord._request_handler = _proxy_handler(chute, target)
         used_names.add(name)
         taken_keys.add(key)
         item = RegisteredRoute(route, public, name, port, mode)
@@ -412,6 +412,17 @@ def register_passthrough_routes(
         _prune_shadowed_on_startup(chute, {item.function_name for item in report.registered})
     logger.info(report.summary())
     return report
+
+
+def _proxy_handler(chute: "Chute", target):
+    """A proxy cord's handler: a Gradio function runs its two-step call, any other route is forwarded."""
+    from tools.proxy import make_handler, pool_for
+
+    if target.route.gradio is not None:
+        from tools.gradio_app import make_gradio_handler
+
+        return make_gradio_handler(pool_for(chute), target.port, target.route.gradio, target.timeout)
+    return make_handler(chute, target)
 
 
 def _parse_overrides(overrides, routes: list[Route]) -> dict[tuple[str, str], Any]:

@@ -1,0 +1,149 @@
+"""Every kind of Gradio function called through the chute answers what the app answers directly
+through Gradio's two-step HTTP API (tests/gradio/conftest.py `Direct`)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import json
+
+import pytest
+import requests
+
+pytestmark = pytest.mark.integration
+
+
+def png(width: int = 4, height: int = 3) -> bytes:
+    """A small real PNG with distinct pixels (no Pillow here: written by hand)."""
+    import struct
+    import zlib
+
+    rows = b"".join(b"\x00" + b"".join(bytes((x * 40 % 256, y * 60 % 256, 200)) for x in range(width))
+                    for y in range(height))
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def call(chute_url: str, name: str, body: dict, **kwargs) -> requests.Response:
+    return requests.post(f"{chute_url}/{name}", json=body, timeout=60, **kwargs)
+
+
+def test_text_function(chute_url, direct):
+    answer = call(chute_url, "greet", {"name": "Ada"})
+    assert answer.status_code == 200, answer.text
+    assert answer.json() == direct.result("greet", ["Ada"])[0] == "Hello, Ada!"
+
+
+def test_default_argument_is_filled_in(chute_url, direct):
+    answer = call(chute_url, "repeat", {"text": "ab"})
+    assert answer.status_code == 200, answer.text
+    assert answer.json() == direct.result("repeat", ["ab", 2])[0] == "ab ab"
+    assert call(chute_url, "repeat", {"text": "ab", "times": 3}).json() == direct.result("repeat", ["ab", 3])[0]
+
+
+def test_json_answer(chute_url, direct):
+    answer = call(chute_url, "stats", {"text": "to be or not"})
+    assert answer.status_code == 200 and answer.headers["content-type"].startswith("application/json")
+    assert answer.json() == direct.result("stats", ["to be or not"])[0] == {"words": 4, "chars": 12, "longest": "not"}
+
+
+def test_image_in_image_out_is_the_file_itself(chute_url, direct):
+    image = png()
+    answer = call(chute_url, "invert", {"image_base64": b64(image)})
+    assert answer.status_code == 200, answer.text
+    expected, expected_type = direct.file(direct.result("invert", [direct.upload(image, "image.png", "image/png")])[0])
+    assert answer.headers["content-type"] == expected_type == "image/png"
+    assert answer.content == expected
+    # inverted for real: the first pixel (0, 0, 200) became (255, 255, 55)
+    import zlib
+
+    raw = zlib.decompress(answer.content[answer.content.index(b"IDAT") + 4:])
+    assert raw[1:4] == bytes((255, 255, 55))
+
+
+def test_image_as_data_url(chute_url):
+    url = "data:image/png;base64," + b64(png())
+    answer = call(chute_url, "invert", {"image": url})
+    assert answer.status_code == 200 and answer.headers["content-type"] == "image/png"
+
+
+def test_generator_final_value_without_stream(chute_url, direct):
+    answer = call(chute_url, "count", {"n": 3})
+    assert answer.status_code == 200, answer.text
+    assert answer.json() == direct.result("count", [3])[0] == "step 3 of 3"
+
+
+def test_generator_streams_its_items(chute_url, direct):
+    items = []
+    with call(chute_url, "count", {"n": 4, "stream": True}, stream=True) as answer:
+        assert answer.status_code == 200
+        assert answer.headers["content-type"].startswith("text/event-stream")
+        for line in answer.iter_lines(decode_unicode=True):
+            assert not line.startswith("event: error"), line
+            if line.startswith("data:"):
+                items.append(json.loads(line[5:]))
+    expected = [value[0] for kind, value in direct.events("count", [4]) if kind == "generating"]
+    assert items == expected == [f"step {i} of 4" for i in range(1, 5)]
+
+
+def test_file_upload(chute_url, direct):
+    data = b"some notes\n" * 100
+    answer = call(chute_url, "file_info", {"path_base64": b64(data), "path_filename": "notes.txt"})
+    assert answer.status_code == 200, answer.text
+    assert answer.json() == direct.result("file_info", [direct.upload(data, "notes.txt", "text/plain")])[0]
+    assert answer.json() == {"name": "notes.txt", "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    as_url = call(chute_url, "file_info", {"path": "data:text/plain;base64," + b64(data)})
+    assert as_url.status_code == 200 and as_url.json()["sha256"] == hashlib.sha256(data).hexdigest()
+
+
+def test_file_download(chute_url, direct):
+    answer = call(chute_url, "make_file", {"text": "Q3"})
+    assert answer.status_code == 200, answer.text
+    expected, expected_type = direct.file(direct.result("make_file", ["Q3"])[0])
+    assert answer.content == expected == b"report for Q3\n"
+    assert answer.headers["content-type"] == expected_type
+    assert "report-" in answer.headers["content-disposition"]
+
+
+def test_several_outputs_inline_their_files(chute_url, direct):
+    image = png(5, 2)
+    answer = call(chute_url, "caption", {"image_base64": b64(image)})
+    assert answer.status_code == 200, answer.text
+    size, gray = answer.json()
+    expected = direct.result("caption", [direct.upload(image, "image.png", "image/png")])
+    assert size == expected[0] == "5x2"
+    data, content_type = direct.file(expected[1])
+    assert base64.b64decode(gray["base64"]) == data and gray["content_type"] == content_type == "image/png"
+    assert gray["size"] == len(data) and gray["name"].endswith(".png")
+
+
+def test_gr_error_is_a_400_with_its_message(chute_url, direct):
+    answer = call(chute_url, "fail", {"text": "this"})
+    assert answer.status_code == 400
+    kind, value = direct.events("fail", ["this"])[-1]
+    assert kind == "error"
+    assert answer.json() == {"detail": value["error"]} == {"detail": "cannot process 'this'"}
+
+
+def test_unknown_argument_is_a_400_naming_it(chute_url):
+    answer = call(chute_url, "repeat", {"text": "ab", "bogus": 1})
+    assert answer.status_code == 400
+    assert "'bogus'" in answer.json()["detail"] and "text, times" in answer.json()["detail"]
+
+
+def test_missing_argument_and_bad_file_are_400(chute_url):
+    missing = call(chute_url, "greet", {})
+    assert missing.status_code == 400 and "'name'" in missing.json()["detail"]
+    bad = call(chute_url, "invert", {"image_base64": "not base64!"})
+    assert bad.status_code == 400 and "image_base64" in bad.json()["detail"]
+    not_url = call(chute_url, "invert", {"image": "/etc/passwd"})
+    assert not_url.status_code == 400 and "data: URL" in not_url.json()["detail"]
