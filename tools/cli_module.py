@@ -59,6 +59,23 @@ def problems_of(name: str, module: ModuleType) -> list[str]:
     return [f"{name}.py: {text}" for text in found]
 
 
+def gradio_hint_of(name: str, directory: Path, module: ModuleType) -> str | None:
+    """Evidence that the module wraps a Gradio app without exposing a function (tools.gradio_app)."""
+    from tools.gradio_app import gradio_hint
+    from tools.routes import read_manifest_file
+
+    routes, skipped = [], []
+    for report in getattr(module.chute, "wrapper_reports", []):
+        routes += [item.route for item in report.registered] + [route for route, _ in report.skipped]
+    path = directory / f"{name}.routes.json"
+    if path.is_file():
+        try:
+            skipped = read_manifest_file(path).skipped
+        except WrapperError:
+            pass  # the module's own import has already judged its manifest
+    return gradio_hint(routes, skipped, getattr(module, "CHUTE_BASE_IMAGE", None))
+
+
 def validate(args: argparse.Namespace) -> int:
     name, directory = locate_module(args.module)
     module = import_module(name, directory)
@@ -76,6 +93,10 @@ def validate(args: argparse.Namespace) -> int:
     print(f"manifest:  {manifest_source(name, directory)}")
     for report in getattr(chute, "wrapper_reports", []):
         print(f"routes:    {report.summary()}")
+    hint = gradio_hint_of(name, directory, module)
+    if hint:
+        print(f"warning:   {name}.py seems to wrap a Gradio app ({hint}) but exposes none of its functions: "
+              f"run ./deploy.sh --discover {name} while the app runs")
     cords = cords_of(module)
     if not cords:
         raise WrapperError(f"{name}.py registers no cord", "discover routes (--discover) or set CHUTE_STATIC_ROUTES")

@@ -804,13 +804,18 @@ def make_gradio_handler(pool: UpstreamPool, port: int, function: GradioFunction,
     return handle
 
 
-def gradio_hint(routes: list["Route"], skipped: list[Mapping[str, Any]]) -> str | None:
-    """Why a module looks like it wraps a Gradio app but exposes none of its functions, or None."""
+def gradio_hint(routes: list["Route"], skipped: list[Mapping[str, Any]], image: str | None = None) -> str | None:
+    """Why a module looks like it wraps a Gradio app although it exposes none of its functions
+    (its manifest lists the web UI's routes, or its image is named after Gradio), else None."""
     if any(route.request_kind == KIND for route in routes):
         return None
-    paths = [route.upstream_path for route in routes] + [str(entry.get("path", "")) for entry in skipped]
-    marks = [p for p in paths if p.startswith(API_PREFIX_5) or p in ("/config", "/theme.css", "/upload")]
-    if len(marks) >= 1 and (any(p.startswith(API_PREFIX_5) for p in marks) or len(marks) >= 2):
-        return (f"the manifest has Gradio's web-UI routes ({', '.join(sorted(set(marks))[:3])}) but no Gradio "
-                "function: rediscover (./deploy.sh --discover MODULE) with the app running to expose its functions")
+    paths = {route.upstream_path for route in routes} | {str(entry.get("path", "")) for entry in skipped}
+    ui = sorted(p for p in paths if p.startswith(API_PREFIX_5) or p in _UI_PATHS)
+    if any(p.startswith(API_PREFIX_5) for p in ui) or len(ui) >= 2:
+        return "its manifest has Gradio's web-UI routes (" + ", ".join(ui[:3]) + ")"
+    if image and "gradio" in image.lower():
+        return f"its image {image} is named after Gradio"
     return None
+
+
+_UI_PATHS = ("/config", "/theme.css", "/upload", "/queue/join", "/info", "/monitoring", "/startup-events")
