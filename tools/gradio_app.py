@@ -586,8 +586,8 @@ def _error_event(function: GradioFunction, data: Any) -> CallFailed:
             return CallFailed(502, f"the app failed: {message}")
     elif isinstance(data, str) and data:
         return CallFailed(502, f"the app failed: {data}")
-    return CallFailed(502, f"the app failed while running /{function.api_name} (it sends the reason only when "
-                           "launched with show_error=True)")
+    return CallFailed(502, f"the app failed while running /{function.api_name} and sent no reason (Gradio sends "
+                           "it with show_error=True; versions before 5 never do, not even for gr.Error)")
 
 
 # --------------------------------------------------------------------------------------------------

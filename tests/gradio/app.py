@@ -64,6 +64,11 @@ def fail(text: str) -> str:
     raise gr.Error(f"cannot process {text!r}")
 
 
+def crash(text: str) -> str:
+    """Fails as a bug does: an exception that is not gr.Error."""
+    raise ValueError(f"unexpected input {text!r}")
+
+
 def caption(image: Image.Image) -> tuple[str, Image.Image]:
     """Several outputs, one of them a file."""
     return f"{image.width}x{image.height}", image.convert("L")
@@ -100,6 +105,8 @@ def build() -> gr.Blocks:
 
         refused = gr.Textbox(label="refused")
         gr.Button("fail").click(fail, text, refused, api_name="fail")
+
+        gr.Button("crash").click(crash, text, refused, api_name="crash")
 
         size = gr.Textbox(label="size")
         gray = gr.Image(type="pil", format="png", label="gray")

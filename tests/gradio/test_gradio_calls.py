@@ -147,3 +147,27 @@ def test_missing_argument_and_bad_file_are_400(chute_url):
     assert bad.status_code == 400 and "image_base64" in bad.json()["detail"]
     not_url = call(chute_url, "invert", {"image": "/etc/passwd"})
     assert not_url.status_code == 400 and "data: URL" in not_url.json()["detail"]
+
+
+def test_an_app_failure_is_a_502_with_the_apps_reason(chute_url, direct):
+    answer = call(chute_url, "crash", {"text": "x"})
+    assert answer.status_code == 502
+    kind, value = direct.events("crash", ["x"])[-1]
+    assert kind == "error" and "title" not in value  # not a gr.Error: the app itself broke
+    assert answer.json()["detail"] == f"the app failed: {value['error']}" == "the app failed: unexpected input 'x'"
+
+
+async def test_an_app_that_is_not_answering_is_a_503(gradio_module):
+    """The cord's call against a port nobody listens on (the app stopped or still starting)."""
+    import aiohttp
+
+    from tests.conftest import free_port
+    from tools.routes import read_manifest_file
+    from tools.gradio_app import call_function
+
+    greet = next(r.gradio for r in read_manifest_file(gradio_module / "deploy_gradioapp.routes.json").routes
+                 if r.path == "/greet")
+    async with aiohttp.ClientSession() as session:
+        answer = await call_function(session, free_port(), greet, {"name": "x"}, 10)
+    assert answer.status_code == 503 and answer.headers["retry-after"]
+    assert "not answering" in json.loads(answer.body)["detail"]

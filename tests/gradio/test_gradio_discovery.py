@@ -12,7 +12,7 @@ from tools.routes import parse_manifest, read_manifest_file
 
 pytestmark = pytest.mark.integration
 
-FUNCTIONS = ["greet", "repeat", "stats", "invert", "count", "file_info", "make_file", "fail", "caption"]
+FUNCTIONS = ["greet", "repeat", "stats", "invert", "count", "file_info", "make_file", "fail", "crash", "caption"]
 
 
 @pytest.fixture(scope="module")
