@@ -36,17 +36,9 @@ from loguru import logger
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from tools.proxy import (
-    OFFLOAD_BYTES,
-    SMALL_BODY,
-    BadRequest,
-    UpstreamPool,
-    _decode_file,
-    _error,
-    _sniff,
-    caller_payload,
-    extension_for,
-)
+from tools import sdk
+from tools.errors import BadRequest
+from tools.proxy import OFFLOAD_BYTES, SMALL_BODY, UpstreamPool, _decode_file, _error, _sniff, extension_for
 
 if TYPE_CHECKING:
     from tools.routes import Route
@@ -480,8 +472,8 @@ async def _upload(app: App, uploads: list[Upload]) -> list[dict]:
         form.add_field("files", upload.data, filename=upload.filename, content_type=upload.content_type)
     async with app.session.post(app.url("/upload"), data=form, headers=_PLAIN, timeout=app.client_timeout()) as answer:
         text = (await answer.read()).decode("utf-8", "replace")
-        if answer.status == 413:
-            raise CallFailed(413, f"the app refused the upload: {text[:300]}")
+        if answer.status == 413:  # the caller's file is too big: a caller's mistake is a 400 (proxy.py)
+            raise CallFailed(400, f"the app refused the upload: {text[:300]}")
         if answer.status != 200:
             raise CallFailed(502, f"the app's upload answered {answer.status}", upstream_body=text[:2000])
     try:
@@ -695,7 +687,8 @@ async def _chunks(answer: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
 
 def _sse(item: Any, event: str | None = None, encrypt=None) -> bytes:
     text = (f"event: {event}\n" if event else "") + f"data: {json.dumps(item)}\n\n"
-    return (encrypt(text.encode()) + "\n").encode() if encrypt else text.encode()
+    # on a node, the gateway decrypts each line and decodes it as UTF-8 (see tools.proxy._lines)
+    return (encrypt(text) + "\n").encode() if encrypt else text.encode()
 
 
 async def _stream_answer(app: App, function: GradioFunction, events: AsyncIterator[tuple[str, Any]],
@@ -790,16 +783,16 @@ def make_gradio_handler(pool: UpstreamPool, port: int, function: GradioFunction,
 
     async def handle(request: Request):
         try:
-            payload = await caller_payload(request)
+            call = await sdk.incoming(request)
             if int(request.headers.get("content-length") or 0) > OFFLOAD_BYTES:
                 # decoding megabytes of base64 would hold up every other call of the chute meanwhile
-                prepared = await asyncio.to_thread(prepare, function, payload)
+                prepared = await asyncio.to_thread(prepare, function, call.payload)
             else:
-                prepared = prepare(function, payload)
+                prepared = prepare(function, call.payload)
         except BadRequest as exc:
             return _error(400, str(exc))
-        return await call_function(pool.session(), port, function, payload, timeout, prepared=prepared,
-                                   encrypt=getattr(request.state, "_encrypt", None))
+        return await call_function(pool.session(), port, function, call.payload, timeout, prepared=prepared,
+                                   encrypt=call.encrypt)
 
     return handle
 
