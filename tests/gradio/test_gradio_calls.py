@@ -171,3 +171,34 @@ async def test_an_app_that_is_not_answering_is_a_503(gradio_module):
         answer = await call_function(session, free_port(), greet, {"name": "x"}, 10)
     assert answer.status_code == 503 and answer.headers["retry-after"]
     assert "not answering" in json.loads(answer.body)["detail"]
+
+
+def cipher(data) -> str:
+    """A stand-in for the platform's cipher: like it, one line of ASCII for any bytes or text."""
+    return base64.b64encode(data if isinstance(data, bytes) else data.encode()).decode()
+
+
+def decipher(text) -> str:
+    return base64.b64decode(text).decode()
+
+
+async def test_on_a_node_answers_are_the_envelopes_the_gateway_decodes(gradio_module, gradio_app):
+    """With the platform's encryption (request.state._encrypt): JSON as {"json": enc}, a file as a
+    Response envelope with its media type, a generator's items as one encrypted UTF-8 text per line."""
+    import aiohttp
+
+    from tools.gradio_app import call_function
+    from tools.routes import read_manifest_file
+
+    fns = {r.path: r.gradio for r in read_manifest_file(gradio_module / "deploy_gradioapp.routes.json").routes}
+    async with aiohttp.ClientSession() as session:
+        greeting = await call_function(session, gradio_app.port, fns["/greet"], {"name": "Ada"}, 30, encrypt=cipher)
+        assert json.loads(decipher(greeting["json"])) == "Hello, Ada!"
+        report = await call_function(session, gradio_app.port, fns["/make_file"], {"text": "Q4"}, 30, encrypt=cipher)
+        assert decipher(report["body"]) == "report for Q4\n" and report["media_type"].startswith("text/plain")
+        streamed = await call_function(session, gradio_app.port, fns["/count"], {"n": 2, "stream": True}, 30,
+                                       encrypt=cipher)
+        lines = [line async for line in streamed.body_iterator]
+    assert all(line.endswith(b"\n") and line.count(b"\n") == 1 for line in lines)
+    text = "".join(decipher(line[:-1].decode()) for line in lines)
+    assert text == 'data: "step 1 of 2"\n\ndata: "step 2 of 2"\n\n'
