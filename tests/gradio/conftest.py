@@ -1,8 +1,9 @@
 """Fixtures for the Gradio tests: Gradio in its own cached venv, the real test app, the chute in front.
 
-Gradio is not a dependency of the toolkit: the venv is made here from requirements.txt beside this
-file and kept under ~/.cache/chutes-wrappers/venvs/gradio-<key>, the key a digest of the pinned
-requirements and the Python version, so a rerun costs nothing and a new pin gets a new venv.
+Gradio is not a dependency of the toolkit: each venv is made here from a requirements file beside
+this one (requirements.txt: Gradio 6; requirements-4.txt: Gradio 4) and kept under
+~/.cache/chutes-wrappers/venvs/gradio-<key>, the key a digest of the pinned requirements and the
+Python version, so a rerun costs nothing and a new pin gets a new venv.
 """
 
 from __future__ import annotations
@@ -26,24 +27,25 @@ from tests.conftest import PYTHON, ROOT, free_port, stop_process, wait_for_port
 
 HERE = Path(__file__).resolve().parent
 REQUIREMENTS = HERE / "requirements.txt"
+REQUIREMENTS_4 = HERE / "requirements-4.txt"
 VENV_ROOT = Path(os.environ.get("CW_VENV_CACHE") or Path.home() / ".cache" / "chutes-wrappers" / "venvs")
 READY_MARK = ".complete"  # written last: a venv without it was cut short and is made again
 INSTALL_TIMEOUT = 900
 
 
-def venv_key() -> str:
-    digest = hashlib.sha256(REQUIREMENTS.read_bytes())
+def venv_key(requirements: Path) -> str:
+    digest = hashlib.sha256(requirements.read_bytes())
     digest.update(f"{sys.version_info.major}.{sys.version_info.minor}".encode())
     return digest.hexdigest()[:12]
 
 
-def gradio_venv() -> Path:
+def gradio_venv(requirements: Path = REQUIREMENTS) -> Path:
     """The cached venv's directory, made (under a lock, so parallel runs wait) when missing."""
-    venv = VENV_ROOT / f"gradio-{venv_key()}"
+    venv = VENV_ROOT / f"gradio-{venv_key(requirements)}"
     if (venv / READY_MARK).exists():
         return venv
     VENV_ROOT.mkdir(parents=True, exist_ok=True)
-    with open(VENV_ROOT / f"gradio-{venv_key()}.lock", "w") as lock:
+    with open(VENV_ROOT / f"gradio-{venv_key(requirements)}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if (venv / READY_MARK).exists():
             return venv
@@ -51,7 +53,7 @@ def gradio_venv() -> Path:
         try:
             base = getattr(sys, "_base_executable", None) or sys.executable
             subprocess.run([base, "-m", "venv", str(venv)], check=True, capture_output=True, timeout=120)
-            subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "-r", str(REQUIREMENTS)],
+            subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "-r", str(requirements)],
                            check=True, capture_output=True, timeout=INSTALL_TIMEOUT)
         except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
             shutil.rmtree(venv, ignore_errors=True)
@@ -60,7 +62,7 @@ def gradio_venv() -> Path:
             if os.environ.get("CI"):
                 pytest.fail(reason)
             pytest.skip(reason)
-        (venv / READY_MARK).write_text(REQUIREMENTS.read_text())
+        (venv / READY_MARK).write_text(requirements.read_text())
     return venv
 
 
@@ -79,8 +81,17 @@ class GradioApp:
 
 @pytest.fixture(scope="session")
 def gradio_app(gradio_python, tmp_path_factory):
-    """tests/gradio/app.py served by real Gradio on a free loopback port; stopped at the end."""
-    tmp = tmp_path_factory.mktemp("gradio")
+    """tests/gradio/app.py served by real Gradio 6 on a free loopback port; stopped at the end."""
+    yield from serve_app(gradio_python, tmp_path_factory.mktemp("gradio"))
+
+
+@pytest.fixture(scope="session")
+def gradio4_app(tmp_path_factory):
+    """The same app served by Gradio 4 (no /gradio_api prefix)."""
+    yield from serve_app(gradio_venv(REQUIREMENTS_4) / "bin" / "python", tmp_path_factory.mktemp("gradio4"))
+
+
+def serve_app(gradio_python: Path, tmp: Path):
     port = free_port()
     env = dict(os.environ, GRADIO_TEMP_DIR=str(tmp / "files"), GRADIO_ANALYTICS_ENABLED="False",
                HF_HUB_OFFLINE="1", PYTHONDONTWRITEBYTECODE="1")
