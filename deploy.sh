@@ -341,6 +341,12 @@ confirm() {
 # else in the current directory; a path is relative to the current directory).
 locate_module() { tool deploy_module locate "$1" --cwd "${CALLER_DIR}"; }
 
+# Usage: module_label MODULE_PATH — the module's name, as questions show it.
+module_label() {
+  local name="${1##*/}"
+  printf '%s' "${name%.py}"
+}
+
 # Usage: manifest_of MODULE_PATH — the route manifest discovery writes for it.
 manifest_of() { tool deploy_module manifest "$1"; }
 
@@ -519,7 +525,7 @@ cmd_build() {
     fi
   fi
   if ! has_option --local; then
-    confirm "Upload ${module##*/}'s build context to Chutes for a remote build?" || {
+    confirm "Upload $(module_label "${module}")'s build context to Chutes for a remote build?" || {
       printf 'Cancelled: nothing was uploaded.\n'
       return 0
     }
@@ -576,7 +582,7 @@ cmd_deploy() {
   fi
   has_option --accept-fee && cmd+=(--accept-fee)
   has_option --public && cmd+=(--public)
-  confirm "Deploy ${module##*/} to Chutes now?" || {
+  confirm "Deploy $(module_label "${module}") to Chutes now?" || {
     printf 'Cancelled: nothing was deployed.\n'
     return 0
   }

@@ -61,7 +61,7 @@ def plan(config: RunDockerConfig):
         require_image(engine, image)
     except EngineError:
         raise EngineError(f"image {image!r} is not present in {engine.label}",
-                          f"build it first: ./deploy.sh --build {config.module} --local") from None
+                          f"build it first: ./deploy.sh --build {module.ref} --local") from None
     published = {port: port}
     for service_port in ports:
         if service_port in published:
