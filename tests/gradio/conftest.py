@@ -159,11 +159,17 @@ def chutes_cli() -> str:
     return str(local) if local.exists() else shutil.which("chutes")
 
 
-@pytest.fixture(scope="session")
-def chute_url(gradio_module, gradio_app, tmp_path_factory):
-    """Where callers reach the chute: `chutes run --dev` of the module (the gateway's URL once the
-    platform path lands: swap this fixture)."""
-    tmp = tmp_path_factory.mktemp("gradio-chute")
+@pytest.fixture(scope="session", params=["dev", "platform"])
+def chute_url(request, gradio_module, gradio_app, tmp_path_factory):
+    """Where callers reach the chute: `chutes run --dev` of the module, and the local platform (the
+    node as `chutes run` serves it on a GPU node, the gateway in front: tools/gateway.py)."""
+    tmp = tmp_path_factory.mktemp(f"gradio-{request.param}")
+    if request.param == "platform":
+        from tests.platform.conftest import platform_for
+
+        with platform_for("deploy_gradioapp:chute", gradio_module, gradio_app.url, tmp) as platform:
+            yield platform.url
+        return
     chute_port, logging_port = free_port(), free_port()
     env = dict(os.environ, CHUTE_PORTS=str(gradio_app.port), CHUTES_EXECUTION_CONTEXT="REMOTE",
                PYTHONPATH=str(ROOT))
