@@ -42,7 +42,8 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response, Strea
 from starlette.routing import Route
 
 from tools.constants import DEFAULT_LOCAL_TIMEOUT, port_argument
-from tools.errors import ServiceError, WrapperError, run_cli
+from tools.errors import WrapperError, run_cli
+from tools.processes import Child
 from tools.sdk.node import GATEWAY_SOURCE_ADDRESS, PlatformKey
 
 # api/chute/util.py get_miner_session: ClientTimeout(connect=5.0, total=600.0), read_bufsize=8 MiB
@@ -407,7 +408,7 @@ class Platform:
     url: str
     node_url: str
     key: PlatformKey  # for tests that call the node directly, as the gateway does
-    processes: list[Any]
+    children: list[Child]
 
     def stats(self) -> dict[str, Any]:
         import urllib.request
@@ -416,35 +417,15 @@ class Platform:
             return json.loads(answer.read())
 
     def check(self) -> None:
-        """Raise ServiceError if the node or the gateway has exited."""
-        for proc in self.processes:
-            if proc.poll() is not None:
-                raise ServiceError(f"{proc.args[2]} exited with status {proc.returncode}", "see its output above")
+        """Raise ServiceError (with its last output) if the node or the gateway has exited."""
+        for child in self.children:
+            if child.exited():
+                raise child.failure()
 
     def stop(self, timeout: float = 10.0) -> None:
-        """SIGTERM each process group (the node stops its service), SIGKILL after `timeout`."""
-        import signal
-        import subprocess
-
-        for proc in reversed(self.processes):
-            for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
-                try:
-                    os.killpg(proc.pid, sig)
-                except (ProcessLookupError, PermissionError):
-                    break
-                try:
-                    proc.wait(wait)
-                    break
-                except subprocess.TimeoutExpired:
-                    continue
-
-
-def _free_port(host: str = "127.0.0.1") -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
+        """Stop the gateway, then the node (which stops its service)."""
+        for child in reversed(self.children):
+            child.stop(timeout)
 
 
 @contextlib.contextmanager
@@ -456,68 +437,68 @@ def start_platform(
     cords: str | None = None,
     port: int = 0,
     node_port: int = 0,
+    logging_port: int = 0,
     timeout: float = DEFAULT_LOCAL_TIMEOUT,
     log: Any = None,
+    echo: bool = False,
+    stop: Any = None,
 ) -> Any:
     """Start `python -m tools.sdk.node MODULE_REF` (in `directory`) and the gateway in front of it.
 
     Each runs in its own process group with a fresh shared key (in their environment only), on free
     ports unless given; yields a `Platform` once the gateway answers, stops both on the way out.
-    `cords` defaults to the module itself; `log` (a file) receives both processes' output.
+    `cords` defaults to the module itself; `log` (a binary file) receives both processes' output,
+    `echo` prints it with a [node]/[gateway] prefix; `stop` (a threading.Event) ends the wait early.
     Raises ServiceError if either exits or does not answer within `timeout`.
     """
-    import subprocess
-    import time
-    import urllib.error
-    import urllib.request
+    import threading
 
-    from tools.sdk.node import KEY_ENV
+    from tools.processes import free_port, http_answers, wait_until
 
-    root = str(Path(__file__).resolve().parent.parent)
-    base_env = dict(os.environ if env is None else env)
     key = PlatformKey.generate()
-    base_env[KEY_ENV] = key.hex
-    base_env["CHUTES_EXECUTION_CONTEXT"] = "REMOTE"
-    base_env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, base_env.get("PYTHONPATH")]))
-    node_port = node_port or _free_port()
-    port = port or _free_port()
-    node_url, url = f"http://127.0.0.1:{node_port}", f"http://127.0.0.1:{port}"
-    output = {"stdout": log, "stderr": subprocess.STDOUT} if log is not None else {}
-    platform = Platform(url, node_url, key, [])
-
-    def spawn(*argv: str) -> None:
-        platform.processes.append(subprocess.Popen(
-            [sys.executable, "-m", *argv], cwd=directory, env=base_env, stdin=subprocess.DEVNULL,
-            start_new_session=True, **output,
-        ))
-
-    def wait(ready: Any, what: str) -> None:
-        deadline = time.monotonic() + timeout
-        while not ready():
-            platform.check()
-            if time.monotonic() > deadline:
-                raise ServiceError(f"the {what} did not answer within {timeout:g}s", "see its output above")
-            time.sleep(0.1)
-
-    def answers(target: str) -> bool:
-        try:
-            urllib.request.urlopen(target, timeout=1).close()
-        except urllib.error.HTTPError:
-            return True
-        except (urllib.error.URLError, OSError):
-            return False
-        return True
-
+    base_env = platform_env(env, key)
+    node_port = node_port or free_port()
+    node_url = f"http://127.0.0.1:{node_port}"
+    platform = Platform("", node_url, key, [])
+    stop = stop or threading.Event()
     try:
-        spawn("tools.sdk.node", module_ref, "--host", "127.0.0.1", "--port", str(node_port),
-              "--logging-port", str(_free_port()))
-        spawn("tools.gateway", "--chute-url", node_url, "--cords", cords or module_ref, "--port", str(port))
+        node = Child("node", [sys.executable, "-m", "tools.sdk.node", module_ref, "--host", "127.0.0.1",
+                              "--port", str(node_port), "--logging-port", str(logging_port or free_port())],
+                     base_env, directory, echo=echo, log=log)
+        platform.children.append(node)
         # The node listens only after the chute's startup hooks (its service is up).
-        wait(lambda: answers(node_url + "/"), "node")
-        wait(lambda: answers(url + STATS_PATH), "gateway")
+        wait_until(lambda: http_answers(node_url + "/"), node, timeout, "the node", stop)
+        gateway, platform.url = start_gateway(node_url, cords or module_ref, directory, base_env, port, echo=echo, log=log)
+        platform.children.append(gateway)
+        wait_until(lambda: http_answers(platform.url + STATS_PATH), gateway, timeout, "the gateway", stop)
         yield platform
     finally:
         platform.stop()
+
+
+def platform_env(env: dict[str, str] | None, key: PlatformKey) -> dict[str, str]:
+    """The environment of the node and the gateway: the shared key (never on a command line), the
+    remote execution context, and this project on PYTHONPATH."""
+    from tools.sdk.node import KEY_ENV
+
+    root = str(Path(__file__).resolve().parent.parent)
+    out = dict(os.environ if env is None else env)
+    out[KEY_ENV] = key.hex
+    out["CHUTES_EXECUTION_CONTEXT"] = "REMOTE"
+    out["PYTHONPATH"] = os.pathsep.join(filter(None, [root, out.get("PYTHONPATH")]))
+    return out
+
+
+def start_gateway(node_url: str, cords: str, directory: str | os.PathLike, env: dict[str, str], port: int = 0, *,
+                  echo: bool = False, log: Any = None) -> tuple[Child, str]:
+    """The gateway as a child process in front of `node_url` (a node on this machine or in a
+    container); `env` from `platform_env`. Returns the child and the URL callers call."""
+    from tools.processes import free_port
+
+    port = port or free_port()
+    child = Child("gateway", [sys.executable, "-m", "tools.gateway", "--chute-url", node_url, "--cords", cords,
+                              "--port", str(port)], env, directory, echo=echo, log=log)
+    return child, f"http://127.0.0.1:{port}"
 
 
 # --------------------------------------------------------------------------------------------------
