@@ -184,6 +184,7 @@ class Outcome:
     detail: str
     url: str = ""
     doc: dict | None = None
+    gradio: list | None = None  # kind "gradio": the app's functions (tools.gradio_app.GradioFunction)
 
 
 def fetch(url: str, timeout: float, redirects: int = 3) -> tuple[int, str, bytes]:
@@ -501,6 +502,25 @@ def wait_for_specs(
         display.close()  # the last state of every port stays on screen
 
 
+def with_gradio_apps(outcomes: dict[int, Outcome], urls: dict[int, str]) -> dict[int, Outcome]:
+    """A port that serves a Gradio app is described by its functions, not by its OpenAPI document
+    (which lists only the web UI's own routes): its outcome becomes kind "gradio"."""
+    from tools.gradio_app import NotGradio, discover_app
+
+    out = dict(outcomes)
+    for port, outcome in outcomes.items():
+        if outcome.kind not in ("spec", "no_spec"):
+            continue
+        try:
+            functions = discover_app(urls[port], fetch, REQUEST_TIMEOUT)
+        except NotGradio as exc:
+            raise WrapperError(str(exc), "define its routes in CHUTE_STATIC_ROUTES") from None
+        if functions is not None:
+            out[port] = Outcome("gradio", f"Gradio app, {len(functions)} function(s)", urls[port] + "/config",
+                                gradio=functions)
+    return out
+
+
 def _fatal(watch: PortWatch) -> WrapperError:
     outcome = watch.outcome
     if outcome.kind == "unreachable":
@@ -525,7 +545,11 @@ def build_manifest(outcomes: dict[int, Outcome], static: Sequence[Route]) -> tup
     routes: list[Route] = []
     skipped: list[dict] = []
     for port, outcome in outcomes.items():
-        if outcome.kind == "spec":
+        if outcome.kind == "gradio":
+            from tools.gradio_app import routes_for
+
+            routes += routes_for(outcome.gradio, port)
+        elif outcome.kind == "spec":
             conversion = convert_document(outcome.doc, port, outcome.url)
             routes += conversion.routes
             skipped += conversion.skipped
@@ -535,7 +559,7 @@ def build_manifest(outcomes: dict[int, Outcome], static: Sequence[Route]) -> tup
 
 def judge_outcomes(outcomes: dict[int, Outcome], where: str, static: Sequence[Route]) -> None:
     """Raise when no port has a spec: nothing answered at all, or nothing serves a spec."""
-    if any(outcome.kind == "spec" for outcome in outcomes.values()):
+    if any(outcome.kind in ("spec", "gradio") for outcome in outcomes.values()):
         return
     if all(outcome.kind == "never_answered" for outcome in outcomes.values()):
         detail = "; ".join(f"port {port}: {o.detail}" for port, o in outcomes.items())
@@ -578,9 +602,10 @@ def emit_manifest(manifest: Manifest, output: Path | None) -> None:
 def summary(result: Result) -> str:
     lines = []
     for port, outcome in result.outcomes.items():
-        if outcome.kind == "spec":
+        if outcome.kind in ("spec", "gradio"):
             count = sum(1 for route in result.manifest.routes if route.port == port)
-            lines.append(f"port {port}: {count} route(s) from {outcome.url}")
+            what = "Gradio function(s)" if outcome.kind == "gradio" else "route(s)"
+            lines.append(f"port {port}: {count} {what} from {outcome.url}")
         elif outcome.kind == "never_answered":
             lines.append(f"port {port}: never answered ({outcome.detail}); its routes are not in the manifest")
         else:
@@ -685,6 +710,7 @@ def _discover_url(
     display.message(f"probing {', '.join(urls.values())} for an OpenAPI document")
     with SignalGuard() as guard:
         outcomes = wait_for_specs(watches, bounds, config.interval, display, [guard.check], before_probing)
+        outcomes = with_gradio_apps(outcomes, urls)
         judge_outcomes(outcomes, config.base_url, static)
         manifest, merged = build_manifest(outcomes, static)
         emit_manifest(manifest, output)
@@ -730,6 +756,7 @@ def _discover_container(
                 watches, bounds, config.interval, display, [guard.check, lambda: _check_running(container, display)],
                 before_probing,
             )
+            outcomes = with_gradio_apps(outcomes, {p: f"http://127.0.0.1:{host_ports[p]}" for p in ports})
             judge_outcomes(outcomes, f"image {image}", module.static_routes)
             manifest, merged = build_manifest(outcomes, module.static_routes)
             emit_manifest(manifest, output)

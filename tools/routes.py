@@ -21,7 +21,7 @@ from tools.errors import ManifestError
 MANIFEST_VERSION = 2
 HTTP_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
 UNSERVED_METHODS = ("HEAD", "OPTIONS", "TRACE", "CONNECT")
-REQUEST_KINDS = ("json", "multipart", "form", "raw", "none")
+REQUEST_KINDS = ("json", "multipart", "form", "raw", "none", "gradio")  # gradio: tools.gradio_app
 RESPONSE_KINDS = ("json", "binary", "text", "stream")
 
 # First path segments that belong to a web UI or framework internals, never to the service's API.
@@ -79,6 +79,7 @@ class Route:
     path_params: tuple[str, ...] = ()
     example: Any = None
     source: str = "manifest"
+    gradio: Any = None  # tools.gradio_app.GradioFunction, for request kind "gradio"
 
     @property
     def upstream_path(self) -> str:
@@ -124,6 +125,8 @@ class Route:
             out["function_name"] = self.function_name
         if self.example is not None:
             out["example"] = self.example
+        if self.gradio is not None:
+            out["gradio"] = self.gradio.to_json()
         return out
 
 
@@ -313,6 +316,14 @@ def parse_route(entry: Any, source: str, index: int, origin: str = "manifest") -
     request_content_type = request.get("content_type")
     if request_content_type is not None and not isinstance(request_content_type, str):
         raise ManifestError(f"{_where(source, index, 'request.content_type')}: expected a string")
+    gradio = None
+    if request_kind == "gradio":
+        from tools.gradio_app import GradioFunction
+
+        try:
+            gradio = GradioFunction.from_json(entry.get("gradio"), "gradio")
+        except ValueError as exc:
+            raise ManifestError(f"{_where(source, index)}: {exc}") from None
     return Route(
         path=path,
         method=method.upper(),
@@ -330,6 +341,7 @@ def parse_route(entry: Any, source: str, index: int, origin: str = "manifest") -
         path_params=_names(entry.get("path_params"), source, index, "path_params"),
         example=entry.get("example"),
         source=origin,
+        gradio=gradio,
     )
 
 
