@@ -393,6 +393,9 @@ def _parameter_examples(resolver: Resolver, params: list[dict], every: bool = Fa
             value = listed[0]
         else:
             value = example_of(resolver, schema, name)
+            if every and value == 0 and not isinstance(value, bool) and isinstance(schema, Mapping) \
+                    and _number(schema.get("minimum")) is None:
+                value = 1  # a path segment counts or names something: /bytes/0 or /items/0 is seldom valid
         if value is None and every:  # a path parameter of unknown type still needs a segment
             value = _untyped_segment(name)
         values[name] = value

@@ -41,7 +41,7 @@ def test_type_int_parameters_get_numbers_not_the_word_example_and_a_warning():
     })
     conversion = convert_document(doc, 1, "t")
     routes = {r.path: r for r in conversion.routes}
-    assert routes["/status/{codes}"].example == {"_path": {"codes": 0}}
+    assert routes["/status/{codes}"].example == {"_path": {"codes": 1}}
     assert routes["/delay"].example == {"seconds": 0, "ratio": 0.0}
     text = "\n".join(conversion.warnings)
     assert "type 'int' is not a JSON Schema type (at /paths/~1status~1{codes}/get/parameters/0)" in text
@@ -161,7 +161,7 @@ def test_discovery_finds_flasggers_spec_json_and_prints_its_defects(tmp_path):
                           Display(live=False))
     assert result.outcomes[server.port].url.endswith("/spec.json")
     routes = {r.path: r for r in result.manifest.routes}
-    assert routes["/status/{codes}"].example == {"_path": {"codes": 0}}
+    assert routes["/status/{codes}"].example == {"_path": {"codes": 1}}
     assert routes["/anything"].request_kind == "undeclared"
     text = summary(result)
     assert f"warning: port {server.port}: type 'int'" in text
