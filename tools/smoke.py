@@ -111,10 +111,11 @@ def fill_template(path: str, values: dict) -> str:
 def body_for(route: Route, extra_files: tuple[str, ...] = ()) -> dict:
     example = dict(route.example) if isinstance(route.example, dict) else {}
     example.pop("_path", None)
-    for field in dict.fromkeys(route.file_fields + tuple(extra_files)):
-        data, content_type = sample_file(field, route)
-        example.setdefault(f"{field}_base64", base64.b64encode(data).decode())
-        example.setdefault(f"{field}_content_type", content_type)
+    for name in dict.fromkeys(route.file_fields + tuple(extra_files)):
+        data, content_type = sample_file(name, route)
+        example.setdefault(f"{name}_base64", base64.b64encode(data).decode())
+        if name not in extra_files:  # an override's field has its content type in the module
+            example.setdefault(f"{name}_content_type", content_type)
     if route.request_kind == "raw" and not {RAW_BASE64_KEY, RAW_TEXT_KEY} & set(example):
         declared = route.request_content_type or ""
         if declared.startswith("text/"):

@@ -4,16 +4,16 @@ warning (type aliases, missing responses, $refs to nowhere) instead of a crash o
 from __future__ import annotations
 
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from tools.discover_routes import (
-    Bounds, Config, Display, Outcome, PortWatch, Result, discover, eager_count, judge_outcomes, summary,
+    Bounds, Config, Display, Outcome, PortWatch, discover, eager_count, judge_outcomes, summary,
 )
 from tools.errors import WrapperError
 from tools.openapi import EAGER_PROBES, PROBE_PATHS, convert_document
-from tools.routes import Manifest
 
 
 def swagger(paths: dict, **extra) -> dict:
@@ -175,3 +175,31 @@ def test_discovery_with_no_spec_anywhere_says_probe_path(tmp_path):
             discover(Config(base_url=f"http://127.0.0.1:{server.port}", output=str(tmp_path / "m.json"),
                             no_spec_grace=0.3), Display(live=False))
     assert "/spec.json" in str(info.value) and "--probe-path" in info.value.hint
+
+
+def test_rare_locations_are_probed_only_once_the_port_answers(monkeypatch):
+    import tools.discover_routes as discovery
+    from tools.discover_routes import Answer, Prober
+
+    seen: list[str] = []
+    up = threading.Event()
+
+    def fake_probe(url, timeout=5.0):
+        seen.append(url.split(":1", 1)[1])
+        return Answer("absent", "HTTP 404") if up.is_set() else Answer("no_answer", "connection refused")
+
+    monkeypatch.setattr(discovery, "probe", fake_probe)
+    watch = PortWatch(1, "http://h:1", list(PROBE_PATHS), 0.0)
+    prober = Prober([watch], interval=0.01)
+    prober.start()
+    try:
+        deadline = time.monotonic() + 5
+        while len(seen) < 40 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert set(seen) == set(PROBE_PATHS[:EAGER_PROBES])  # while it starts: the common few only
+        up.set()
+        while set(seen) != set(PROBE_PATHS) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert set(seen) == set(PROBE_PATHS)  # once it answers: every location
+    finally:
+        prober.stop()
