@@ -196,19 +196,6 @@ need_value() {
   fi
 }
 
-# Usage: absolute_module ARG — a module path made absolute against the caller's directory; a bare
-# name is a module beside deploy.sh, else one in the caller's directory.
-absolute_module() {
-  local file="${1%.py}.py"
-  if [[ "$1" == */* && "$1" != /* ]]; then
-    printf '%s/%s' "${PWD}" "$1"
-  elif [[ "$1" != */* && ! -f "${ROOT}/${file}" && -f "${PWD}/${file}" ]]; then
-    printf '%s/%s' "${PWD}" "${file}"
-  else
-    printf '%s' "$1"
-  fi
-}
-
 parse_args() {
   local arg
   while (($# > 0)); do
@@ -275,9 +262,6 @@ check_args() {
   elif ((${#POSITIONALS[@]} > 0)); then
     die_usage "unexpected argument '${POSITIONALS[0]}' for ${ACTION}"
   fi
-  case "${ACTION}" in
-    --build | --deploy | --run | --smoke | --run-docker | --validate | --discover) VALUE="$(absolute_module "${VALUE}")" ;;
-  esac
 }
 
 # Usage: has_option OPTION — given on the command line.
@@ -355,15 +339,12 @@ confirm() {
   [[ "${ANSWER}" == [yY] || "${ANSWER}" == [yY][eE][sS] ]]
 }
 
-# Usage: module_file MODULE — the path of a module given as a name or a path.
-module_file() {
-  local module="${1%.py}"
-  if [[ "${module}" == */* ]]; then
-    printf '%s.py' "${module}"
-  else
-    printf '%s/%s.py' "${ROOT}" "${module}"
-  fi
-}
+# Usage: locate_module MODULE — its absolute path, by tools.deploy_module's rule (beside deploy.sh,
+# else in the current directory; a path is relative to the current directory).
+locate_module() { tool deploy_module locate "$1" --cwd "${CALLER_DIR}"; }
+
+# Usage: manifest_of MODULE_PATH — the route manifest discovery writes for it.
+manifest_of() { tool deploy_module manifest "$1"; }
 
 # Usage: pick_module PURPOSE — a deploy module in PICKED: by number or typed name; b, q.
 pick_module() {
@@ -392,7 +373,7 @@ pick_module() {
       err "no module number ${ANSWER}"
       continue
     fi
-    PICKED="$(absolute_module "${ANSWER}")"
+    PICKED="${ANSWER}"
     return 0
   done
 }
@@ -454,16 +435,14 @@ pick_remote() {
   done
 }
 
-# Usage: value_or_pick_module PURPOSE — VALUE, else a picked module (in PICKED either way); it must exist.
+# Usage: value_or_pick_module PURPOSE — VALUE, else a picked module; its absolute path in PICKED.
 value_or_pick_module() {
-  local file
-  if [[ -n "${VALUE}" ]]; then
-    PICKED="${VALUE}"
-  else
+  local given="${VALUE}"
+  if [[ -z "${given}" ]]; then
     pick_module "$1" || return
+    given="${PICKED}"
   fi
-  file="$(module_file "${PICKED}")"
-  [[ -f "${file}" ]] || die "no module ${file##*/} in ${file%/*} (copy deploy_example.py to start one)"
+  PICKED="$(locate_module "${given}")" || exit 1
 }
 
 # Usage: value_or_pick_remote KIND PURPOSE — VALUE (or the positional for --keep-warm), else picked.
@@ -503,12 +482,9 @@ cmd_new() {
   tool new_module "${name}" "${extra[@]}" "${DEBUG_ARGS[@]}"
 }
 
-# Usage: discover MODULE [OPTIONS...] — route discovery for MODULE (asks for delays on a terminal).
+# Usage: discover MODULE_PATH [OPTIONS...] — route discovery for a module (asks for delays on a terminal).
 discover() {
-  local file
-  file="$(module_file "$1")"
-  [[ -f "${file}" ]] || die "no module ${file}"
-  local -a cmd=(discover_routes --chute-file "${file}" "${@:2}")
+  local -a cmd=(discover_routes --chute-file "$1" "${@:2}")
   if [[ -t 0 ]] && ! has_option --yes; then
     cmd+=(--interactive)
   fi
@@ -534,8 +510,7 @@ cmd_build() {
     [[ "${ANSWER}" == [rR] ]] || OPTIONS+=(--local)
   fi
   if has_option --local; then cmd+=(--local); else require_account; fi
-  manifest="$(module_file "${module}")"
-  manifest="${manifest%.py}.routes.json"
+  manifest="$(manifest_of "${module}")"
   if [[ ! -f "${manifest}" ]]; then
     if has_option --yes || ! can_ask; then
       printf 'No route manifest (%s): building with CHUTE_STATIC_ROUTES only.\n' "${manifest##*/}"
@@ -766,10 +741,12 @@ derive_options() {
   if has_option --debug; then DEBUG_ARGS=(--debug); fi
 }
 RUN_OPTIONS=() DEBUG_ARGS=()
+CALLER_DIR="${PWD}" # where the user ran deploy.sh: module paths are relative to it
 
 main() {
   init_colours
   parse_args "$@"
+  CALLER_DIR="${PWD}"
   cd "${ROOT}"
   derive_options
   if [[ -z "${ACTION}" ]]; then

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 from tools.containers import ImageConfig, detect_engine, inspect_image
-from tools.errors import WrapperError, run_cli
+from tools.errors import Interrupted, WrapperError, run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = ROOT / "deploy_example.py"
@@ -275,7 +275,7 @@ def run(args: argparse.Namespace) -> int:
     display = discover_routes.Display()
     try:
         result = discover_routes.discover(config, display)
-    except discover_routes.Interrupted as exc:
+    except Interrupted as exc:
         display.message(f"discovery interrupted by {exc}; the module is written, run discovery later")
         return 128 + exc.signum
     display.message(discover_routes.summary(result))

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator, Mapping
 from urllib.parse import unquote, urlparse
 
-from tools.errors import WrapperError
+from tools.errors import SpecError
 from tools.routes import BODY_METHODS, UNDECLARED, Route, decide_public_path
 
 # Where services publish their document, most common first (each line: whose default it is). The
@@ -47,10 +47,6 @@ EXAMPLE_TEXT = "Hello from chutes-wrappers"
 _TEXT_FIELD_NAMES = {"text", "prompt", "input", "message", "query", "content", "question", "sentence"}
 _MAX_DEPTH = 8
 _PARAM_RE = re.compile(r"\{([^{}/]*)\}")
-
-
-class SpecError(WrapperError):
-    """A service's OpenAPI document cannot be used (invalid JSON/YAML, no paths, unknown version)."""
 
 
 @dataclass

@@ -16,6 +16,7 @@ import json
 import re
 import struct
 import sys
+import threading
 import time
 import wave
 import zlib
@@ -29,7 +30,9 @@ from tools.errors import run_cli
 from tools.openapi import STREAM_TYPES
 from tools.proxy import CATCH_ALL_BODY_KEY, RAW_BASE64_KEY, RAW_TEXT_KEY, RAW_TYPE_KEY
 from tools.routes import BODY_METHODS, Route
-from tools.run_dev import Cord, add_stack_arguments, dev_stack
+from tools.cord_table import Cord
+from tools.processes import stop_on_signals
+from tools.run_dev import RunConfig, add_stack_arguments, dev_stack, stack_config
 
 CALL_TIMEOUT = 20.0  # seconds for one call, answer included
 STREAM_WINDOW = 3.0  # an answer that streams is read this long ...
@@ -282,14 +285,9 @@ def table(results: list[Result]) -> str:
     return "\n".join(line.rstrip() for line in lines)
 
 
-def limits_from(args: argparse.Namespace) -> Limits:
-    return Limits(call_timeout=args.call_timeout, stream_window=min(args.stream_window, args.call_timeout),
-                  concurrency=args.concurrency)
-
-
-def smoke(args: argparse.Namespace) -> int:
-    with dev_stack(args, quiet=not args.verbose) as stack:
-        calls = plan(stack.base_url, stack.cords, getattr(stack.module, "CHUTE_ROUTE_OVERRIDES", None))
+def smoke(config: RunConfig, stop: threading.Event, limits: Limits) -> int:
+    with dev_stack(config, stop) as stack:
+        calls = plan(stack.base_url, stack.cords, stack.module.get("CHUTE_ROUTE_OVERRIDES"))
 
         def check() -> None:
             if stack.stop.is_set():
@@ -297,7 +295,7 @@ def smoke(args: argparse.Namespace) -> int:
             stack.check()
 
         try:
-            results = asyncio.run(run_calls(calls, limits_from(args), check))
+            results = asyncio.run(run_calls(calls, limits, check))
         except Stopped:
             raise KeyboardInterrupt from None
     print(table(results))
@@ -328,7 +326,15 @@ def main(argv: list[str] | None = None) -> None:
                         help=f"calls at once (default {CONCURRENCY})")
     parser.add_argument("--verbose", action="store_true", help="show the service's and the chute's logs")
     args = parser.parse_args(argv)
-    run_cli(lambda: smoke(args), debug=args.debug, prog="deploy.sh --smoke")
+    config = stack_config(args, quiet=not args.verbose)
+    limits = Limits(call_timeout=args.call_timeout, stream_window=min(args.stream_window, args.call_timeout),
+                    concurrency=args.concurrency)
+
+    def go() -> int:
+        with stop_on_signals() as stop:
+            return smoke(config, stop, limits)
+
+    run_cli(go, debug=config.debug, prog="deploy.sh --smoke")
 
 
 if __name__ == "__main__":
