@@ -266,10 +266,14 @@ def status_class(response: requests.Response) -> str:
 
 def assert_same_answer(direct: requests.Response, through: requests.Response,
                        normalise: Callable[[Any], Any] = lambda body: body, body: str = "json") -> None:
-    """Same status class, same media type, same body (JSON after `normalise`, else bytes)."""
+    """Same status class, same media type, same body (JSON after `normalise`, else bytes or length);
+    an error answer as the platform's contract passes it on (`assert_error_passed_on`)."""
     context = f"direct {direct.status_code} {media(direct)} {direct.content[:300]!r}\n" \
               f"through {through.status_code} {media(through)} {through.content[:300]!r}"
     assert status_class(through) == status_class(direct), context
+    if direct.status_code >= 400:
+        assert_error_passed_on(direct, through)
+        return
     assert media(through) == media(direct), context
     if body == "json":
         assert normalise(through.json()) == normalise(direct.json()), context
@@ -277,3 +281,26 @@ def assert_same_answer(direct: requests.Response, through: requests.Response,
         assert through.content == direct.content, context
     elif body == "length":
         assert len(through.content) == len(direct.content), context
+
+
+def assert_error_passed_on(direct: requests.Response, through: requests.Response) -> None:
+    """The service's error as the chute must pass it on (tools/proxy.py, "Upstream answer -> caller"):
+    the status class kept (the gateway lets only 400 and 429 through as the caller's), JSON holding
+    the service's own JSON object unchanged at the top (an OpenAI client still finds "error"), and
+    the service's status and body as `upstream_status` and `upstream_body`."""
+    context = f"direct {direct.status_code} {direct.content[:300]!r}\nthrough {through.status_code} {through.content[:300]!r}"
+    assert status_class(through) == status_class(direct), context
+    if direct.status_code in (400, 429):
+        assert through.status_code == direct.status_code, context
+    assert media(through) == "application/json", context
+    data = through.json()
+    assert data.get("upstream_status") == direct.status_code, context
+    try:
+        own = direct.json()
+    except ValueError:
+        own = None
+    if isinstance(own, dict):
+        assert {key: data.get(key) for key in own} == own, context
+        assert data.get("upstream_body") == own, context
+    else:
+        assert data.get("upstream_body") == direct.text, context

@@ -11,7 +11,8 @@ import pytest
 
 from tests.realservices.conftest import assert_same_answer, discover, media, write_module
 from tools.routes import read_manifest_file
-from tools.run_dev import cords_of, import_module
+from tools import deploy_module
+from tools.cord_table import cords_of
 from tools.smoke import Limits, plan, run_calls, summary_line, table
 
 pytestmark = pytest.mark.realservices
@@ -52,8 +53,8 @@ def test_discovery_finds_flasggers_spec_json_and_reads_type_int(wrapped):
 
 def test_smoke_finishes_with_every_outcome_counted(wrapped):
     _, module, runner = wrapped
-    loaded = import_module(module.stem, module.parent)
-    calls = plan(runner.base_url, cords_of(loaded), loaded.CHUTE_ROUTE_OVERRIDES)
+    loaded = deploy_module.load(module, keep=False)
+    calls = plan(runner.base_url, cords_of(loaded.chute), loaded.get("CHUTE_ROUTE_OVERRIDES"))
     results = asyncio.run(run_calls(calls, Limits(call_timeout=20)))
     print(table(results))
     print(summary_line(results))
@@ -135,7 +136,6 @@ def test_json_lines_stream_through_the_catch_all(httpbin, wrapped):
 
 
 def test_a_server_error_is_passed_on_as_the_service_said_it(httpbin, wrapped):
-    """Fails until the proxy passes the service's own error body on (issue 12, item 4)."""
     runner = wrapped[2]
     direct = httpbin.call("GET", "/status/500")
     through = runner.templated("GET", "/status/500")

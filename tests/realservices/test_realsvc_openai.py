@@ -11,7 +11,8 @@ import pytest
 
 from tests.realservices.conftest import assert_same_answer, discover, media, write_module
 from tools.routes import read_manifest_file
-from tools.run_dev import cords_of, import_module
+from tools import deploy_module
+from tools.cord_table import cords_of
 from tools.smoke import Limits, plan, run_calls, summary_line, table
 
 pytestmark = pytest.mark.realservices
@@ -65,8 +66,8 @@ def test_discovery_reads_bodies_no_spec_declares(wrapped):
 
 def test_smoke_passes_every_cord(wrapped):
     _, module, runner = wrapped
-    loaded = import_module(module.stem, module.parent)
-    calls = plan(runner.base_url, cords_of(loaded), loaded.CHUTE_ROUTE_OVERRIDES)
+    loaded = deploy_module.load(module, keep=False)
+    calls = plan(runner.base_url, cords_of(loaded.chute), loaded.get("CHUTE_ROUTE_OVERRIDES"))
     results = asyncio.run(run_calls(calls, Limits(call_timeout=20)))
     print(table(results))
     by_label = {r.call.label: r for r in results}
@@ -130,13 +131,13 @@ def test_client_errors_keep_openais_error_shape(llm, wrapped, text):
 
 
 def test_server_errors_keep_openais_error_shape(llm, wrapped):
-    """Fails until the proxy passes the service's own error body on (issue 12, item 4): OpenAI
-    clients read `error.message`, not `detail`."""
+    """OpenAI clients read `error.message`: it must be there, whatever the chute adds."""
     runner = wrapped[2]
     direct = llm.call("POST", "/v1/chat/completions", chat("overload please"))
     through = runner.cord("POST", "/v1/chat/completions", chat("overload please"))
     assert direct.status_code == 503
     assert_same_answer(direct, through)
+    assert through.json()["error"]["message"] == "The engine is overloaded (mock)"
 
 
 def test_models_and_embeddings(llm, wrapped):
