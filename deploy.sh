@@ -23,8 +23,8 @@ ACTIONS=(
   "Build|--discover|MODULE [OPTIONS]|Discover routes|Run the base image, find its routes, write MODULE.routes.json"
   "Build|--validate|MODULE|Validate a module|Import the module, check manifest and routes, print its cords"
   "Build|--build|MODULE [--local]|Build the image|Build the wrapper image: --local with docker/podman, else on Chutes"
-  "Local testing|--run|MODULE [--port N] [--logging-port N] [--no-service] [--timeout N]|Run dev mode (host)|Run the module's service and its chute on this machine (dev mode)"
-  "Local testing|--smoke|MODULE [--port N] [--logging-port N] [--no-service] [--timeout N] [--verbose] [--call-timeout N] [--concurrency N]|Smoke-test every cord|Call every cord once through the chute in dev mode, a few at a time; fail if any fails"
+  "Local testing|--run|MODULE [--port N] [--logging-port N] [--no-service] [--timeout N] [--dev]|Run on this machine|Run the module's service and its chute here, called as on Chutes (--dev: SDK dev mode)"
+  "Local testing|--smoke|MODULE [--port N] [--logging-port N] [--no-service] [--timeout N] [--verbose] [--call-timeout N] [--concurrency N] [--dev]|Smoke-test every cord|Call every cord once through the chute as on Chutes, a few at a time; fail if any fails"
   "Local testing|--run-docker|MODULE [--port N] [--gpus X] [--timeout N] [--image IMAGE]|Run in a container|Run the built image with docker/podman, ports on 127.0.0.1 only"
   "Local testing|--cleanup||Remove leftover containers|Remove containers left behind by killed discovery and run-docker runs"
   "Cloud|--list-images||List images|List your images on Chutes"
@@ -40,7 +40,7 @@ ACTIONS=(
 )
 VALUE_OPTIONS=(--port --logging-port --timeout --call-timeout --concurrency --backfill --gpus --instance --image)
 NUMBER_OPTIONS=(--port --logging-port --timeout --call-timeout --concurrency --backfill)
-FLAG_OPTIONS=(--local --accept-fee --public --no-service --verbose --yes --debug)
+FLAG_OPTIONS=(--local --accept-fee --public --no-service --verbose --dev --yes --debug)
 PASSTHROUGH_ACTIONS=(--discover --new) # their tool parses what follows the value
 
 # Parsed command line (parse_args sets them once; the menu resets them per action).
@@ -166,6 +166,8 @@ Options:
   --accept-fee     --deploy: accept the deployment fee without asking
   --public         --deploy: make the chute public (needs the permission on your account)
   --port N         --run, --smoke, --run-docker: the chute's port (default 8000)
+  --dev            --run, --smoke: the SDK's dev server instead of the chute as on a Chutes node
+                   behind the local gateway
   --timeout N      seconds to wait: for the service and chute (--run, --smoke: 120),
                    the container (--run-docker: 600), the chute to get hot (--warmup: 600)
   --gpus X         --run-docker: auto (default: only with a GPU runtime), none, all, N, or 0,1
@@ -342,6 +344,12 @@ confirm() {
 # Usage: locate_module MODULE — its absolute path, by tools.deploy_module's rule (beside deploy.sh,
 # else in the current directory; a path is relative to the current directory).
 locate_module() { tool deploy_module locate "$1" --cwd "${CALLER_DIR}"; }
+
+# Usage: module_label MODULE_PATH — the module's name, as questions show it.
+module_label() {
+  local name="${1##*/}"
+  printf '%s' "${name%.py}"
+}
 
 # Usage: manifest_of MODULE_PATH — the route manifest discovery writes for it.
 manifest_of() { tool deploy_module manifest "$1"; }
@@ -521,7 +529,7 @@ cmd_build() {
     fi
   fi
   if ! has_option --local; then
-    confirm "Upload ${module##*/}'s build context to Chutes for a remote build?" || {
+    confirm "Upload $(module_label "${module}")'s build context to Chutes for a remote build?" || {
       printf 'Cancelled: nothing was uploaded.\n'
       return 0
     }
@@ -578,7 +586,7 @@ cmd_deploy() {
   fi
   has_option --accept-fee && cmd+=(--accept-fee)
   has_option --public && cmd+=(--public)
-  confirm "Deploy ${module##*/} to Chutes now?" || {
+  confirm "Deploy $(module_label "${module}") to Chutes now?" || {
     printf 'Cancelled: nothing was deployed.\n'
     return 0
   }

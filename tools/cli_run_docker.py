@@ -25,7 +25,6 @@ from tools.containers import (
     detect_engine,
     gpu_args,
     owner_label,
-    port_is_free,
     remove_leftovers,
     require_image,
 )
@@ -33,7 +32,7 @@ from tools import deploy_module
 from tools.constants import APP_DIR, DEFAULT_CHUTE_PORT, DEFAULT_SERVICE_TIMEOUT, chute_ports, port_argument
 from tools.cord_table import cord_table, cords_of
 from tools.errors import ServiceError, WrapperError, run_cli
-from tools.processes import http_answers, stop_on_signals
+from tools.processes import http_answers, port_is_free, stop_on_signals
 
 ROLE = "run-docker"
 # What `chutes run` logs when the chute's startup raised (it then sleeps 60 s before exiting).
@@ -61,7 +60,7 @@ def plan(config: RunDockerConfig):
         require_image(engine, image)
     except EngineError:
         raise EngineError(f"image {image!r} is not present in {engine.label}",
-                          f"build it first: ./deploy.sh --build {config.module} --local") from None
+                          f"build it first: ./deploy.sh --build {module.ref} --local") from None
     published = {port: port}
     for service_port in ports:
         if service_port in published:

@@ -364,7 +364,7 @@ async def _upstream_error(upstream: aiohttp.ClientResponse, target: Target, path
     content["upstream_status"] = status
     content["upstream_body"] = parsed if parsed is not None else text
     headers = {"Retry-After": upstream.headers["Retry-After"]} if "Retry-After" in upstream.headers else None
-    return _error(answer, content.pop("detail"), headers=headers, **content)
+    return JSONResponse(content, status_code=answer, headers=headers)
 
 
 async def _chunks(upstream: aiohttp.ClientResponse, sse: bool, timeout_note: str) -> AsyncIterator[bytes]:
