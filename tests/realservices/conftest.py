@@ -6,12 +6,14 @@ The virtualenv lives in ~/.cache/chutes-wrappers/venvs/realsvc-<key>, keyed by r
 the Python version, built once (under a lock, then renamed into place) and reused by every rerun.
 How long the first install took is kept beside it (`install-seconds`) and printed in the summary.
 
-How the chute is called is one fixture, `chute_runner`: today the real `chutes run --dev`; switching
-the tier to the platform's gateway path is a one-line change there.
+How the chute is called is one fixture, `chute_runner`, run once per entry of RUNNERS: the platform's
+path (the chute on a node behind the local gateway, tools/gateway.py) and the SDK's dev server
+(`chutes run --dev`). Every differential test runs on each.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import json
@@ -21,7 +23,7 @@ import string
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -29,12 +31,16 @@ import pytest
 import requests
 
 from tests.conftest import PYTHON, ROOT, free_port, stop_process, wait_for_port
+from tools.constants import SERVICE_EXTERNAL_ENV
 
 HERE = Path(__file__).resolve().parent
 REQUIREMENTS = HERE / "requirements.txt"
 VENVS = Path(os.environ.get("CHUTES_WRAPPERS_CACHE", Path.home() / ".cache" / "chutes-wrappers")) / "venvs"
 CHUTES = ROOT / ".venv" / "bin" / "chutes"
 INSTALL_TIMEOUT = 1200
+# How the tier reaches a chute, each a full run of every test module: "gateway" (as callers reach a
+# chute on Chutes) and "dev" (`chutes run --dev`, as `deploy.sh --run --dev`).
+RUNNERS = ("gateway", "dev")
 
 
 def venv_key() -> str:
@@ -185,17 +191,19 @@ def write_module(directory: Path, name: str, service_port: int, host_command: li
 class ChuteRunner:
     """Calls a running chute the way its callers do: JSON to a cord's public path and method."""
 
+    name: str
     base_url: str
     catch_all: str = "/proxy"
     log: Path | None = None
-    procs: list[subprocess.Popen] = field(default_factory=list)
 
     def cord(self, method: str, public_path: str, body: Any = None, query: dict | None = None,
              stream: bool = False) -> requests.Response:
         data = json.dumps(body) if body is not None else None
         headers = {"Content-Type": "application/json"} if data is not None else {}
-        return requests.request(method, self.base_url + public_path, data=data, headers=headers, params=query,
-                                timeout=60, stream=stream)
+        response = requests.request(method, self.base_url + public_path, data=data, headers=headers, params=query,
+                                    timeout=60, stream=stream)
+        response.runner = self.name  # what the comparisons expect of errors depends on the path taken
+        return response
 
     def templated(self, method: str, path: str, body: Any = None, query: dict | None = None,
                   body_key: str = "json", stream: bool = False) -> requests.Response:
@@ -208,48 +216,61 @@ class ChuteRunner:
         return self.cord("POST", self.catch_all, payload, stream=stream)
 
     def tail(self) -> str:
-        return self.log.read_text()[-3000:] if self.log and self.log.exists() else ""
+        return self.log.read_text(errors="replace")[-3000:] if self.log and self.log.exists() else ""
 
 
-def start_dev_chute(module: Path) -> ChuteRunner:
+def chute_env() -> dict[str, str]:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    env[SERVICE_EXTERNAL_ENV] = "1"  # the tests start the service: the chute only waits for its port
+    return env
+
+
+def start_gateway_chute(module: Path, stack: contextlib.ExitStack) -> ChuteRunner:
+    """The chute on a node behind the local gateway (tools/gateway.py), as callers reach it on Chutes."""
+    from tools.gateway import start_platform
+
+    log_path = module.with_suffix(".platform.log")
+    log = stack.enter_context(open(log_path, "wb"))
+    runner = ChuteRunner("gateway", "", log=log_path)
+    try:
+        platform = stack.enter_context(start_platform(f"{module.stem}:chute", module.parent, env=chute_env(),
+                                                      log=log, timeout=120))
+    except Exception as exc:
+        log.flush()
+        raise AssertionError(f"the chute did not start: {exc}\n{runner.tail()}") from None
+    runner.base_url = platform.url
+    return runner
+
+
+def start_dev_chute(module: Path, stack: contextlib.ExitStack) -> ChuteRunner:
     """The real `chutes run <module>:chute --dev` on a free port (README, "Running on this machine")."""
     port, logging_port = free_port(), free_port()
     log = module.with_suffix(".chute.log")
-    env = dict(os.environ, CHUTES_EXECUTION_CONTEXT="REMOTE", CHUTES_SERVICE_EXTERNAL="1",
-               PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    env = dict(chute_env(), CHUTES_EXECUTION_CONTEXT="REMOTE")
     with open(log, "wb") as out:
         proc = subprocess.Popen(
             [str(CHUTES) if CHUTES.exists() else shutil.which("chutes"), "run", f"{module.stem}:chute", "--dev",
              "--host", "127.0.0.1", "--port", str(port), "--logging-port", str(logging_port)],
             cwd=module.parent, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
         )
-    runner = ChuteRunner(f"http://127.0.0.1:{port}", log=log, procs=[proc])
+    stack.callback(stop_process, proc)
+    runner = ChuteRunner("dev", f"http://127.0.0.1:{port}", log=log)
     try:
         wait_for_port(port, proc, timeout=120)
     except Exception as exc:
-        stop_process(proc)
         raise AssertionError(f"the chute did not start: {exc}\n{runner.tail()}") from None
     return runner
 
 
-@pytest.fixture(scope="module")
-def chute_runner() -> Iterator[Callable[[Path], ChuteRunner]]:
-    """start(module path) -> a ChuteRunner; every chute stopped at the end of the module.
+STARTERS = {"gateway": start_gateway_chute, "dev": start_dev_chute}
 
-    The one place that decides how the tier reaches a chute: replace `start_dev_chute` with a starter
-    for the platform's gateway path to run every differential test there.
-    """
-    started: list[ChuteRunner] = []
 
-    def start(module: Path) -> ChuteRunner:
-        runner = start_dev_chute(module)
-        started.append(runner)
-        return runner
-
-    yield start
-    for runner in started:
-        for proc in runner.procs:
-            stop_process(proc)
+@pytest.fixture(scope="module", params=RUNNERS)
+def chute_runner(request) -> Iterator[Callable[[Path], ChuteRunner]]:
+    """start(module path) -> a ChuteRunner; every chute stopped at the end of the module. Runs once
+    per entry of RUNNERS: the one place that decides how the tier reaches a chute."""
+    with contextlib.ExitStack() as stack:
+        yield lambda module: STARTERS[request.param](module, stack)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -287,13 +308,25 @@ def assert_error_passed_on(direct: requests.Response, through: requests.Response
     """The service's error as the chute must pass it on (tools/proxy.py, "Upstream answer -> caller"):
     the status class kept (the gateway lets only 400 and 429 through as the caller's), JSON holding
     the service's own JSON object unchanged at the top (an OpenAI client still finds "error"), and
-    the service's status and body as `upstream_status` and `upstream_body`."""
+    the service's status and body as `upstream_status` and `upstream_body`.
+
+    Through the gateway (tools/gateway.py, after chutes-api `_invoke_one`/`invoke`) the caller gets
+    the chute's 400 as 400 `{"detail": "Invalid request: Invalid request: <the chute's body>"}`, and
+    for 429 and 5xx only the gateway's own body: the chute's answer is checked inside that detail,
+    and only the status class otherwise."""
     context = f"direct {direct.status_code} {direct.content[:300]!r}\nthrough {through.status_code} {through.content[:300]!r}"
     assert status_class(through) == status_class(direct), context
-    if direct.status_code in (400, 429):
-        assert through.status_code == direct.status_code, context
+    if direct.status_code == 429 or (direct.status_code >= 400 and direct.status_code != 429 and
+                                     direct.status_code < 500):
+        assert through.status_code == (429 if direct.status_code == 429 else 400), context
     assert media(through) == "application/json", context
     data = through.json()
+    if getattr(through, "runner", "dev") == "gateway":
+        if through.status_code != 400:
+            return  # the platform answers 429 and 5xx with its own body
+        detail = data.get("detail", "")
+        assert detail.startswith("Invalid request: Invalid request: "), context
+        data = json.loads(detail.removeprefix("Invalid request: ").removeprefix("Invalid request: "))
     assert data.get("upstream_status") == direct.status_code, context
     try:
         own = direct.json()

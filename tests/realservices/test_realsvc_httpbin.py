@@ -127,11 +127,13 @@ def test_routes_with_path_parameters_through_the_catch_all(httpbin, wrapped, pat
 
 
 def test_json_lines_stream_through_the_catch_all(httpbin, wrapped):
+    """A chunked answer without a length on a cord that is not a stream cord. Fails through the
+    gateway (500 "No infrastructure available"): the chute streams it, the gateway expects one body."""
     runner = wrapped[2]
     direct = httpbin.call("GET", "/stream/3")
     through = runner.templated("GET", "/stream/3")
     lines = lambda r: [json.loads(line)["id"] for line in r.text.splitlines() if line.strip()]  # noqa: E731
-    assert through.status_code == 200 and media(through) == media(direct)
+    assert through.status_code == 200 and media(through) == media(direct), (through.status_code, through.text[:300])
     assert lines(through) == lines(direct) == [0, 1, 2]
 
 

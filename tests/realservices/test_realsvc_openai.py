@@ -121,6 +121,8 @@ def test_chat_completion_streams_server_sent_events(llm, wrapped):
 
 @pytest.mark.parametrize("text", ["invalid please", "please rate limit"])
 def test_client_errors_keep_openais_error_shape(llm, wrapped, text):
+    """OpenAI clients read `error`. Fails through the gateway: the platform answers a 400 with the
+    chute's body as a string inside `detail`, and a 429 with its own body."""
     runner = wrapped[2]
     direct = llm.call("POST", "/v1/chat/completions", chat(text))
     through = runner.cord("POST", "/v1/chat/completions", chat(text))
@@ -131,7 +133,8 @@ def test_client_errors_keep_openais_error_shape(llm, wrapped, text):
 
 
 def test_server_errors_keep_openais_error_shape(llm, wrapped):
-    """OpenAI clients read `error.message`: it must be there, whatever the chute adds."""
+    """OpenAI clients read `error.message`: it must be there, whatever the chute adds. Fails through
+    the gateway: a 5xx is an instance failure there, answered 500 "No infrastructure available"."""
     runner = wrapped[2]
     direct = llm.call("POST", "/v1/chat/completions", chat("overload please"))
     through = runner.cord("POST", "/v1/chat/completions", chat("overload please"))
