@@ -172,7 +172,7 @@ Options:
                    the container (--run-docker: 600), the chute to get hot (--warmup: 600)
   --gpus X         --run-docker: auto (default: only with a GPU runtime), none, all, N, or 0,1
   --call-timeout N --smoke: seconds for one call (default 20); a stream is read 3 s, then "streams"
-  --concurrency N  --smoke: calls at once (default 4)
+  --concurrency N  --smoke: calls at once (default 4, at most the chute's concurrency)
 
 MODULE is deploy_<name> (a deploy_*.py beside deploy.sh) or a path to one; CHUTE and IMAGE are a
 name or an id. --discover and --new pass the options after their value to their tool

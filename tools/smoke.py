@@ -21,7 +21,7 @@ import time
 import wave
 import zlib
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Mapping
 
 import aiohttp
@@ -285,9 +285,19 @@ def table(results: list[Result]) -> str:
     return "\n".join(line.rstrip() for line in lines)
 
 
+def limits_for(limits: Limits, chute: object) -> Limits:
+    """`limits` with no more calls at once than the chute takes: the gateway refuses the others
+    (429, "at maximum capacity"), which would read as failures of the routes."""
+    concurrency = getattr(chute, "concurrency", None)
+    if isinstance(concurrency, int) and not isinstance(concurrency, bool) and concurrency > 0:
+        return replace(limits, concurrency=min(limits.concurrency, concurrency))
+    return limits
+
+
 def smoke(config: RunConfig, stop: threading.Event, limits: Limits) -> int:
     with dev_stack(config, stop) as stack:
         calls = plan(stack.base_url, stack.cords, stack.module.get("CHUTE_ROUTE_OVERRIDES"))
+        limits = limits_for(limits, stack.module.chute)
 
         def check() -> None:
             if stack.stop.is_set():
@@ -323,7 +333,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--stream-window", type=_positive, default=STREAM_WINDOW,
                         help=f"seconds to read an answer that streams before calling it 'streams' (default {STREAM_WINDOW:g})")
     parser.add_argument("--concurrency", type=int, default=CONCURRENCY, choices=range(1, 65), metavar="N",
-                        help=f"calls at once (default {CONCURRENCY})")
+                        help=f"calls at once, at most the chute's concurrency (default {CONCURRENCY})")
     parser.add_argument("--verbose", action="store_true", help="show the service's and the chute's logs")
     args = parser.parse_args(argv)
     config = stack_config(args, quiet=not args.verbose)

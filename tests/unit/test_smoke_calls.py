@@ -11,7 +11,7 @@ from aiohttp import web
 
 from tools.routes import Route
 from tools.run_dev import Cord
-from tools.smoke import Call, Limits, Result, Stopped, plan, run_calls, summary_line, table
+from tools.smoke import Call, Limits, Result, Stopped, limits_for, plan, run_calls, summary_line, table
 
 LIMITS = Limits(call_timeout=1.0, stream_window=0.3, stream_bytes=4096, concurrency=4)
 
@@ -153,3 +153,11 @@ def test_results_pass_for_ok_and_streams_only():
     c = Call("/x", "k", "GET", "http://x")
     assert Result(c, 200, 0.1, 1).ok and Result(c, 200, 0.1, 1, outcome="streams").ok
     assert not Result(c, 500, 0.1, 1, "HTTP 500").ok and not Result(c, None, 1, 0, "slow", "timeout").ok
+
+
+def test_no_more_calls_at_once_than_the_chute_takes():
+    from chutes.chute import Chute
+
+    assert limits_for(Limits(concurrency=4), Chute(username="t", name="c", image="i")).concurrency == 1
+    assert limits_for(Limits(concurrency=4), Chute(username="t", name="c", image="i", concurrency=8)).concurrency == 4
+    assert limits_for(Limits(concurrency=4), object()).concurrency == 4
