@@ -25,7 +25,7 @@ ACTIONS=(
   "Build|--build|MODULE [--local]|Build the image|Build the wrapper image: --local with docker/podman, else on Chutes"
   "Local testing|--run|MODULE [--port N] [--logging-port N] [--no-service] [--timeout N] [--dev]|Run on this machine|Run the module's service and its chute here, called as on Chutes (--dev: SDK dev mode)"
   "Local testing|--smoke|MODULE [--port N] [--logging-port N] [--no-service] [--timeout N] [--verbose] [--call-timeout N] [--concurrency N] [--dev]|Smoke-test every cord|Call every cord once through the chute as on Chutes, a few at a time; fail if any fails"
-  "Local testing|--run-docker|MODULE [--port N] [--gpus X] [--timeout N] [--image IMAGE]|Run in a container|Run the built image with docker/podman, ports on 127.0.0.1 only"
+  "Local testing|--run-docker|MODULE [--port N] [--gpus X] [--timeout N] [--image IMAGE] [--dev]|Run in a container|Run the built image with docker/podman, called as on Chutes; ports on 127.0.0.1 only"
   "Local testing|--cleanup||Remove leftover containers|Remove containers left behind by killed discovery and run-docker runs"
   "Cloud|--list-images||List images|List your images on Chutes"
   "Cloud|--list-chutes||List chutes|List your chutes on Chutes"
@@ -166,8 +166,8 @@ Options:
   --accept-fee     --deploy: accept the deployment fee without asking
   --public         --deploy: make the chute public (needs the permission on your account)
   --port N         --run, --smoke, --run-docker: the chute's port (default 8000)
-  --dev            --run, --smoke: the SDK's dev server instead of the chute as on a Chutes node
-                   behind the local gateway
+  --dev            --run, --smoke, --run-docker: the SDK's dev server (chutes run --dev) instead of
+                   the chute as on a Chutes node behind the local gateway
   --timeout N      seconds to wait: for the service and chute (--run, --smoke: 120),
                    the container (--run-docker: 600), the chute to get hot (--warmup: 600)
   --gpus X         --run-docker: auto (default: only with a GPU runtime), none, all, N, or 0,1
@@ -556,6 +556,7 @@ cmd_run_docker() {
       cmd+=("${option}" "$(option_value "${option}")")
     fi
   done
+  if has_option --dev; then cmd+=(--dev); fi
   tool "${cmd[@]}" "${DEBUG_ARGS[@]}"
 }
 

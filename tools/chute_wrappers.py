@@ -202,9 +202,9 @@ def register_passthrough_routes(
 
 
 def _handler(chute: "Chute", item: CordPlan):
-    from tools.proxy import make_catch_all_handler, make_handler
+    from tools.proxy import UpstreamPool, make_catch_all_handler, make_handler
 
-    pool = sdk.pool_of(chute)
+    pool = sdk.resource(chute, "upstream pool", UpstreamPool)
     if item.kind == "catch-all":
         return make_catch_all_handler(pool, list(item.templates))
     return make_handler(pool, item.target, stream=item.stream)

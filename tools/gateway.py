@@ -42,8 +42,9 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response, Strea
 from starlette.routing import Route
 
 from tools.constants import DEFAULT_LOCAL_TIMEOUT, port_argument
-from tools.errors import WrapperError, run_cli
+from tools.errors import InstanceFailure, InstanceRateLimit, MinerBadRequest, WrapperError, run_cli
 from tools.processes import Child
+from tools.sdk import cord_records
 from tools.sdk.node import GATEWAY_SOURCE_ADDRESS, PlatformKey
 
 # api/chute/util.py get_miner_session: ClientTimeout(connect=5.0, total=600.0), read_bufsize=8 MiB
@@ -60,26 +61,6 @@ STATS_PATH = "/_gateway/stats"
 
 # --------------------------------------------------------------------------------------------------
 # What the gateway knows about a chute: what `chutes deploy` sent to the API.
-
-
-def cord_records(chute: Any) -> list[dict[str, Any]]:
-    """The cord list `chutes deploy` sends to the API (chutes/entrypoint/deploy.py, "cords")."""
-    return [
-        {
-            "method": cord._method,
-            "path": cord.path,
-            "public_api_path": cord.public_api_path,
-            "public_api_method": cord._public_api_method,
-            "stream": cord._stream,
-            "function": cord._func.__name__,
-            "input_schema": cord.input_schema,
-            "output_schema": cord.output_schema,
-            "output_content_type": cord.output_content_type,
-            "minimal_input_schema": cord.minimal_input_schema,
-            "passthrough": cord._passthrough,
-        }
-        for cord in chute._cords
-    ]
 
 
 @dataclass
@@ -123,18 +104,6 @@ def load_record(spec: str, directory: str | os.PathLike | None = None) -> ChuteR
 
 # --------------------------------------------------------------------------------------------------
 # Outcomes of one call to the instance (api/chute/util.py `_invoke_one` and `invoke`)
-
-
-class InstanceFailure(Exception):
-    """Anything `invoke` catches that is not RATE_LIMIT or BAD_REQUEST: counts toward disabling the instance."""
-
-
-class InstanceRateLimit(Exception):
-    """`_invoke_one`: miner status 429 -> InstanceRateLimit (error "RATE_LIMIT", not a failure)."""
-
-
-class MinerBadRequest(Exception):
-    """`_invoke_one`: miner status 400 -> BadRequest("Invalid request: " + text) (not a failure)."""
 
 
 @dataclass
@@ -454,36 +423,51 @@ def start_platform(
     import threading
 
     from tools.processes import free_port, http_answers, wait_until
-    from tools.sdk.node import KEY_ENV
 
-    root = str(Path(__file__).resolve().parent.parent)
-    base_env = dict(os.environ if env is None else env)
     key = PlatformKey.generate()
-    base_env[KEY_ENV] = key.hex
-    base_env["CHUTES_EXECUTION_CONTEXT"] = "REMOTE"
-    base_env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, base_env.get("PYTHONPATH")]))
+    base_env = platform_env(env, key)
     node_port = node_port or free_port()
-    port = port or free_port()
-    node_url, url = f"http://127.0.0.1:{node_port}", f"http://127.0.0.1:{port}"
-    platform = Platform(url, node_url, key, [])
+    node_url = f"http://127.0.0.1:{node_port}"
+    platform = Platform("", node_url, key, [])
     stop = stop or threading.Event()
-
-    def spawn(name: str, *argv: str) -> Child:
-        child = Child(name, [sys.executable, "-m", *argv], base_env, directory, echo=echo, log=log)
-        platform.children.append(child)
-        return child
-
     try:
-        node = spawn("node", "tools.sdk.node", module_ref, "--host", "127.0.0.1", "--port", str(node_port),
-                     "--logging-port", str(logging_port or free_port()))
-        gateway = spawn("gateway", "tools.gateway", "--chute-url", node_url, "--cords", cords or module_ref,
-                        "--port", str(port))
+        node = Child("node", [sys.executable, "-m", "tools.sdk.node", module_ref, "--host", "127.0.0.1",
+                              "--port", str(node_port), "--logging-port", str(logging_port or free_port())],
+                     base_env, directory, echo=echo, log=log)
+        platform.children.append(node)
         # The node listens only after the chute's startup hooks (its service is up).
         wait_until(lambda: http_answers(node_url + "/"), node, timeout, "the node", stop)
-        wait_until(lambda: http_answers(url + STATS_PATH), gateway, timeout, "the gateway", stop)
+        gateway, platform.url = start_gateway(node_url, cords or module_ref, directory, base_env, port, echo=echo, log=log)
+        platform.children.append(gateway)
+        wait_until(lambda: http_answers(platform.url + STATS_PATH), gateway, timeout, "the gateway", stop)
         yield platform
     finally:
         platform.stop()
+
+
+def platform_env(env: dict[str, str] | None, key: PlatformKey) -> dict[str, str]:
+    """The environment of the node and the gateway: the shared key (never on a command line), the
+    remote execution context, and this project on PYTHONPATH."""
+    from tools.sdk.node import KEY_ENV
+
+    root = str(Path(__file__).resolve().parent.parent)
+    out = dict(os.environ if env is None else env)
+    out[KEY_ENV] = key.hex
+    out["CHUTES_EXECUTION_CONTEXT"] = "REMOTE"
+    out["PYTHONPATH"] = os.pathsep.join(filter(None, [root, out.get("PYTHONPATH")]))
+    return out
+
+
+def start_gateway(node_url: str, cords: str, directory: str | os.PathLike, env: dict[str, str], port: int = 0, *,
+                  echo: bool = False, log: Any = None) -> tuple[Child, str]:
+    """The gateway as a child process in front of `node_url` (a node on this machine or in a
+    container); `env` from `platform_env`. Returns the child and the URL callers call."""
+    from tools.processes import free_port
+
+    port = port or free_port()
+    child = Child("gateway", [sys.executable, "-m", "tools.gateway", "--chute-url", node_url, "--cords", cords,
+                              "--port", str(port)], env, directory, echo=echo, log=log)
+    return child, f"http://127.0.0.1:{port}"
 
 
 # --------------------------------------------------------------------------------------------------

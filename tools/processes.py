@@ -65,6 +65,17 @@ def port_in_use(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
+def die_with_parent() -> None:
+    """In the child (preexec_fn): get SIGTERM when our process dies without stopping it, even by
+    SIGKILL, so no service or chute outlives the CLI or chute that started it (Linux only)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 class Child:
     """A child process in its own process group, its output echoed with a prefix and remembered."""
 
@@ -83,6 +94,7 @@ class Child:
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                preexec_fn=die_with_parent,
             )
         except OSError as exc:
             raise ServiceError(f"cannot start {name} ({argv[0]}): {exc.strerror or exc}") from None

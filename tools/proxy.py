@@ -30,7 +30,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from tools import sdk
-from tools.errors import BadRequest
+from tools.errors import BadRequest, UpstreamBroke
 from tools.registration import Target
 from tools.routes import BODY_METHODS, UNDECLARED, Route
 
@@ -291,7 +291,7 @@ def _field_text(value: Any) -> str:
 # - the service's 5xx as `upstream_error_status` (502; None keeps the service's status);
 # - 503 (service not answering), 504 (no answer in time), 502 (broke off, malformed answer).
 # Error bodies are JSON: the service's own JSON object (an OpenAI client still finds its "error"),
-# plus "detail", "upstream_status" and "upstream_body".
+# plus "detail" (the service's own, else ours), "upstream_status" and "upstream_body" (its text).
 
 ERROR_BODY_LIMIT = 1 << 16
 SSE_ERROR_EVENT = "event: error\ndata: {}\n\n"  # the last event of an SSE answer the service broke off
@@ -300,10 +300,6 @@ SSE_ERROR_EVENT = "event: error\ndata: {}\n\n"  # the last event of an SSE answe
 _DROP_HEADERS = _HOP_HEADERS | {"proxy-connection", "date", "server"}
 _TEXT_TYPES = ("text/", "application/json", "application/x-ndjson", "application/jsonl", "application/xml",
                "application/javascript", "application/stream+json", "application/problem+json")
-
-
-class UpstreamBroke(Exception):
-    """The service's answer ended abnormally after the caller's answer had started."""
 
 
 def _error(status: int, detail: str, headers: dict[str, str] | None = None, **extra: Any) -> JSONResponse:
@@ -362,7 +358,7 @@ async def _upstream_error(upstream: aiohttp.ClientResponse, target: Target, path
     content = dict(parsed) if isinstance(parsed, dict) else {}
     content.setdefault("detail", f"the service answered {status} to {target.route.method} {path}")
     content["upstream_status"] = status
-    content["upstream_body"] = parsed if parsed is not None else text
+    content["upstream_body"] = text
     headers = {"Retry-After": upstream.headers["Retry-After"]} if "Retry-After" in upstream.headers else None
     return JSONResponse(content, status_code=answer, headers=headers)
 

@@ -181,7 +181,7 @@ def test_a_chute_whose_service_dies_at_startup_stops_the_node_with_the_reason(tm
     env = dict(__import__("os").environ, DEAD_PORT=str(free_port()))
     env.pop("CHUTES_SERVICE_EXTERNAL", None)
     log_path = tmp_path / "platform.log"
-    with open(log_path, "wb") as log, pytest.raises(ServiceError, match="tools.sdk.node exited with status 1"):
+    with open(log_path, "wb") as log, pytest.raises(ServiceError, match="node exited with status 1"):
         with start_platform("deploy_diestest:chute", directory, env=env, log=log, timeout=60):
             pass
     text = log_path.read_text()
