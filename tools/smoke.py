@@ -14,6 +14,7 @@ import base64
 import io
 import json
 import re
+import signal
 import struct
 import sys
 import threading
@@ -26,7 +27,7 @@ from typing import Callable, Mapping
 
 import aiohttp
 
-from tools.errors import run_cli
+from tools.errors import Interrupted, run_cli
 from tools.openapi import STREAM_TYPES
 from tools.proxy import CATCH_ALL_BODY_KEY, RAW_BASE64_KEY, RAW_TEXT_KEY, RAW_TYPE_KEY
 from tools.routes import BODY_METHODS, Route
@@ -233,10 +234,6 @@ async def execute(session: aiohttp.ClientSession, call: Call, limits: Limits) ->
     return Result(call, status, seconds, size)
 
 
-class Stopped(Exception):
-    """Ctrl-C or SIGTERM while calls were under way."""
-
-
 async def run_calls(calls: list[Call], limits: Limits, check: Callable[[], None] = lambda: None) -> list[Result]:
     """Every call, `limits.concurrency` at a time, results in the calls' order. `check` runs every
     0.2 s and may raise (the chute died, Ctrl-C): the calls under way are then cancelled."""
@@ -301,13 +298,10 @@ def smoke(config: RunConfig, stop: threading.Event, limits: Limits) -> int:
 
         def check() -> None:
             if stack.stop.is_set():
-                raise Stopped()
+                raise Interrupted(signal.SIGINT)  # Ctrl-C or SIGTERM: the calls under way are cancelled
             stack.check()
 
-        try:
-            results = asyncio.run(run_calls(calls, limits, check))
-        except Stopped:
-            raise KeyboardInterrupt from None
+        results = asyncio.run(run_calls(calls, limits, check))
     print(table(results))
     failed = [r for r in results if not r.ok]
     print(f"\n{summary_line(results)}")

@@ -11,7 +11,8 @@ from aiohttp import web
 
 from tools.routes import Route
 from tools.run_dev import Cord
-from tools.smoke import Call, Limits, Result, Stopped, limits_for, plan, run_calls, summary_line, table
+from tools.errors import Interrupted
+from tools.smoke import Call, Limits, Result, limits_for, plan, run_calls, summary_line, table
 
 LIMITS = Limits(call_timeout=1.0, stream_window=0.3, stream_bytes=4096, concurrency=4)
 
@@ -122,14 +123,14 @@ def test_a_stop_cancels_the_calls_under_way():
 
     def check():
         if stop["now"]:
-            raise Stopped()
+            raise Interrupted(2)
 
     async def go():
         loop = asyncio.get_running_loop()
         loop.call_later(0.3, lambda: stop.update(now=True))
         return await against_service(lambda base: [call(base, "/poll")] * 3, Limits(call_timeout=30), check)
 
-    with pytest.raises(Stopped):
+    with pytest.raises(Interrupted):
         asyncio.run(go())
 
 
