@@ -73,6 +73,8 @@ class UpstreamPool:
 
     def __init__(self) -> None:
         self._sessions: dict[asyncio.AbstractEventLoop, aiohttp.ClientSession] = {}
+        # CHUTE_UPSTREAM_HEADERS, resolved from the chute's environment when it starts (never logged)
+        self.headers: dict[str, str] = {}
 
     def session(self) -> aiohttp.ClientSession:
         loop = asyncio.get_running_loop()
@@ -83,7 +85,7 @@ class UpstreamPool:
             connector = aiohttp.TCPConnector(limit=256, limit_per_host=0, keepalive_timeout=KEEPALIVE_SECONDS)
             session = aiohttp.ClientSession(
                 connector=connector, auto_decompress=False, read_bufsize=CHUNK, trust_env=False,
-                timeout=aiohttp.ClientTimeout(total=None),
+                timeout=aiohttp.ClientTimeout(total=None), headers=self.headers or None,
             )
             self._sessions[loop] = session
         return session

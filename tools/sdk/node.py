@@ -301,13 +301,16 @@ def serve(config: NodeConfig, key: PlatformKey) -> None:
 
 def _quiet_stop_logs() -> None:
     """A stop (Ctrl-C, SIGTERM) cancels `_run_chute`, which `_logged_run` logs as an "unexpected base
-    exception" with a traceback: a normal stop must not look like a crash, so that record is dropped."""
+    exception" with a traceback, and so is the exit after a failed startup: a normal stop must not look
+    like a crash, and a failed startup says why in one line, so those records are dropped."""
     import sys
 
     from loguru import logger
 
     def keep(record: Any) -> bool:
-        return not (record["function"] == "_logged_run" and "CancelledError" in record["message"])
+        # a stop cancels it; a failed startup exits after printing its reason on one line (point 5)
+        message = record["message"]
+        return not (record["function"] == "_logged_run" and ("CancelledError" in message or "SystemExit" in message))
 
     logger.remove()
     logger.add(sys.stdout, level="INFO", filter=keep)  # as chutes' load_chute configures it
