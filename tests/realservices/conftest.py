@@ -171,12 +171,12 @@ def discover(service: Service, out: Path, *extra: str) -> subprocess.CompletedPr
 
 
 def write_module(directory: Path, name: str, service_port: int, host_command: list[str] | None = None,
-                 overrides: dict | None = None) -> Path:
+                 overrides: dict | None = None, upstream_headers: dict | None = None) -> Path:
     """deploy_<name>.py from tests/realservices/deploy_template.py.tmpl (the README's module shape)."""
     template = string.Template((HERE / "deploy_template.py.tmpl").read_text())
     text = template.substitute(
         NAME=name, PORT=service_port, HOST_COMMAND=repr(host_command),
-        OVERRIDES=json.dumps(overrides or {}, indent=4),
+        OVERRIDES=json.dumps(overrides or {}, indent=4), UPSTREAM_HEADERS=json.dumps(upstream_headers or {}),
     )
     path = directory / f"deploy_{name}.py"
     path.write_text(text)
@@ -219,13 +219,13 @@ class ChuteRunner:
         return self.log.read_text(errors="replace")[-3000:] if self.log and self.log.exists() else ""
 
 
-def chute_env() -> dict[str, str]:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+def chute_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = dict(os.environ, **(extra or {}), PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     env[SERVICE_EXTERNAL_ENV] = "1"  # the tests start the service: the chute only waits for its port
     return env
 
 
-def start_gateway_chute(module: Path, stack: contextlib.ExitStack) -> ChuteRunner:
+def start_gateway_chute(module: Path, stack: contextlib.ExitStack, env: dict[str, str] | None = None) -> ChuteRunner:
     """The chute on a node behind the local gateway (tools/gateway.py), as callers reach it on Chutes."""
     from tools.gateway import start_platform
 
@@ -233,7 +233,7 @@ def start_gateway_chute(module: Path, stack: contextlib.ExitStack) -> ChuteRunne
     log = stack.enter_context(open(log_path, "wb"))
     runner = ChuteRunner("gateway", "", log=log_path)
     try:
-        platform = stack.enter_context(start_platform(f"{module.stem}:chute", module.parent, env=chute_env(),
+        platform = stack.enter_context(start_platform(f"{module.stem}:chute", module.parent, env=chute_env(env),
                                                       log=log, timeout=120))
     except Exception as exc:
         log.flush()
@@ -242,11 +242,11 @@ def start_gateway_chute(module: Path, stack: contextlib.ExitStack) -> ChuteRunne
     return runner
 
 
-def start_dev_chute(module: Path, stack: contextlib.ExitStack) -> ChuteRunner:
+def start_dev_chute(module: Path, stack: contextlib.ExitStack, env: dict[str, str] | None = None) -> ChuteRunner:
     """The real `chutes run <module>:chute --dev` on a free port (README, "Running on this machine")."""
     port, logging_port = free_port(), free_port()
     log = module.with_suffix(".chute.log")
-    env = dict(chute_env(), CHUTES_EXECUTION_CONTEXT="REMOTE")
+    env = dict(chute_env(env), CHUTES_EXECUTION_CONTEXT="REMOTE")
     with open(log, "wb") as out:
         proc = subprocess.Popen(
             [str(CHUTES) if CHUTES.exists() else shutil.which("chutes"), "run", f"{module.stem}:chute", "--dev",
@@ -266,11 +266,12 @@ STARTERS = {"gateway": start_gateway_chute, "dev": start_dev_chute}
 
 
 @pytest.fixture(scope="module", params=RUNNERS)
-def chute_runner(request) -> Iterator[Callable[[Path], ChuteRunner]]:
-    """start(module path) -> a ChuteRunner; every chute stopped at the end of the module. Runs once
-    per entry of RUNNERS: the one place that decides how the tier reaches a chute."""
+def chute_runner(request) -> Iterator[Callable[..., ChuteRunner]]:
+    """start(module path, env=None) -> a ChuteRunner (`env`: more of the chute's environment, as a
+    Chutes secret would give it); every chute stopped at the end of the module. Runs once per entry
+    of RUNNERS: the one place that decides how the tier reaches a chute."""
     with contextlib.ExitStack() as stack:
-        yield lambda module: STARTERS[request.param](module, stack)
+        yield lambda module, env=None: STARTERS[request.param](module, stack, env)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -18,6 +18,10 @@ from tools.smoke import Limits, plan, run_calls, summary_line, table
 pytestmark = pytest.mark.realservices
 
 OVERRIDES = {"POST /post": {"file_fields": {"upload": "text/plain"}}}
+# httpbin's /bearer wants a token the callers cannot send on Chutes: the module adds it from the
+# chute's environment (a Chutes secret there).
+UPSTREAM_HEADERS = {"Authorization": "Bearer ${HTTPBIN_TOKEN}"}
+TOKEN = "realsvc-token-9f3a"
 
 
 @pytest.fixture(scope="module")
@@ -33,8 +37,9 @@ def wrapped(httpbin, realsvc_python, tmp_path_factory, chute_runner):
     proc = discover(httpbin, directory / "deploy_httpbin.routes.json")
     assert proc.returncode == 0, proc.stderr
     module = write_module(directory, "httpbin", httpbin.port,
-                          [str(realsvc_python), "-m", "httpbin.core", "--port", str(httpbin.port)], OVERRIDES)
-    return proc.stderr, module, chute_runner(module)
+                          [str(realsvc_python), "-m", "httpbin.core", "--port", str(httpbin.port)], OVERRIDES,
+                          UPSTREAM_HEADERS)
+    return proc.stderr, module, chute_runner(module, env={"HTTPBIN_TOKEN": TOKEN})
 
 
 def test_discovery_finds_flasggers_spec_json_and_reads_type_int(wrapped):
@@ -103,6 +108,15 @@ def test_binary_and_text_answers_are_byte_exact(httpbin, wrapped, path):
     direct = httpbin.call("GET", path)
     through = runner.cord("GET", path)
     assert_same_answer(direct, through, body="bytes")
+
+
+def test_upstream_headers_come_from_the_chutes_environment_and_stay_out_of_its_log(httpbin, wrapped):
+    runner = wrapped[2]
+    direct = httpbin.call("GET", "/bearer", headers={"Authorization": f"Bearer {TOKEN}"})
+    through = runner.cord("GET", "/bearer")
+    assert_same_answer(direct, through)
+    assert through.json() == {"authenticated": True, "token": TOKEN}
+    assert TOKEN not in runner.log.read_text(errors="replace") and TOKEN not in wrapped[1].read_text()
 
 
 def test_json_route_with_query_string_on_the_cord_url(httpbin, wrapped):
