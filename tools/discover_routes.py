@@ -49,7 +49,7 @@ from tools.containers import (
     secret_values,
 )
 from tools import deploy_module
-from tools.errors import Interrupted, ServiceError, WrapperError, run_cli
+from tools.errors import Interrupted, NotGradio, ServiceError, WrapperError, run_cli
 from tools.processes import free_port, port_is_free
 from tools.openapi import EAGER_PROBES, PROBE_PATHS, SpecError, convert_document, decode_document
 from tools.routes import (
@@ -522,7 +522,7 @@ def wait_for_specs(
 def with_gradio_apps(outcomes: dict[int, Outcome], urls: dict[int, str]) -> dict[int, Outcome]:
     """A port that serves a Gradio app is described by its functions, not by its OpenAPI document
     (which lists only the web UI's own routes): its outcome becomes kind "gradio"."""
-    from tools.gradio_app import NotGradio, discover_app
+    from tools.gradio_app import discover_app
 
     out = dict(outcomes)
     for port, outcome in outcomes.items():

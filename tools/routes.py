@@ -84,7 +84,7 @@ class Route:
     path_params: tuple[str, ...] = ()
     example: Any = None
     source: str = "manifest"
-    gradio: Any = None  # tools.gradio_app.GradioFunction, for request kind "gradio"
+    gradio: Any = None  # tools.gradio_spec.GradioFunction, for request kind "gradio"
 
     @property
     def upstream_path(self) -> str:
@@ -330,7 +330,7 @@ def parse_route(entry: Any, source: str, index: int, origin: str = "manifest", v
         raise ManifestError(f"{_where(source, index, 'request.content_type')}: expected a string")
     gradio = None
     if request_kind == "gradio":
-        from tools.gradio_app import GradioFunction
+        from tools.gradio_spec import GradioFunction
 
         try:
             gradio = GradioFunction.from_json(entry.get("gradio"), "gradio")
