@@ -410,6 +410,15 @@ async def _lines(chunks: AsyncIterator[bytes], text: bool, encrypt: Callable[[An
         yield (encrypt(tail) + "\n").encode()
 
 
+def _one_json_document(raw: bytes) -> bool:
+    """The gateway re-parses a {"json"} envelope: JSON lines or a broken body must go as a body."""
+    try:
+        json.loads(raw)
+    except ValueError:
+        return False
+    return True
+
+
 async def _read_whole(upstream: aiohttp.ClientResponse) -> bytes:
     try:
         return await upstream.read()
@@ -469,8 +478,8 @@ async def forward(pool: UpstreamPool, target: Target, outgoing: Outgoing, call: 
             return _error(502, f"the service broke off its answer to {where}")
         if encrypt is None:
             return _with_headers(Response(raw, status_code=status), headers)
-        if content_type.startswith("application/json") and raw.strip():
-            return {"json": encrypt(raw)}
+        if content_type.startswith("application/json") and _one_json_document(raw):
+            return {"json": encrypt(raw)}  # the gateway parses it and answers it as JSON
         return {"type": "Response", "status_code": status,
                 "headers": {name.decode(): value.decode("latin-1") for name, value in headers},
                 "media_type": content_type or None, "body": encrypt(raw)}
@@ -516,12 +525,15 @@ class Template:
 
     @classmethod
     def of(cls, target: Target) -> "Template":
+        """Each `{name}` matches within one path segment, also beside literal text in it
+        (`/v1beta/models/{model}:generateContent`)."""
         parts = []
         for segment in target.route.upstream_path.strip("/").split("/"):
-            if re.fullmatch(r"\{[^{}/]+\}", segment):
-                parts.append(r"([^/]+)")
-            else:
-                parts.append(re.escape(segment))
+            pattern, last = "", 0
+            for match in re.finditer(r"\{[^{}/]+\}", segment):
+                pattern += re.escape(segment[last:match.start()]) + r"([^/]+?)"
+                last = match.end()
+            parts.append(pattern + re.escape(segment[last:]))
         trailing = "/?" if not target.route.upstream_path.endswith("/") else "/"
         return cls(target.route, target, re.compile("^/" + "/".join(parts) + trailing + "$"))
 

@@ -137,6 +137,7 @@ def apply_plan(chute: "Chute", plan: Plan, handler_for: Callable[[CordPlan], Any
     state_of(chute).plans.append(plan)
     if plan.cords:
         _prune_shadowed_on_startup(chute, {item.function_name for item in plan.cords})
+    _dev_middleware_answers_bad_bodies()
 
 
 def _prune_shadowed_on_startup(chute: "Chute", ours: set[str]) -> None:
@@ -168,6 +169,37 @@ def cord_records(chute: "Chute") -> list[dict[str, Any]]:
         }
         for cord in chute._cords
     ]
+
+
+def _dev_middleware_answers_bad_bodies() -> None:
+    """In `chutes run --dev`, `DevMiddleware.dispatch` calls `request.json()` on every POST/PUT/PATCH
+    before any cord runs: an empty or non-JSON body is a bare 500 there. Inside that process (the SDK's
+    run module is loaded), it is replaced by the same dispatch that answers such a body as the
+    gateway does (400, or no body at all for an empty one), so --dev tells the caller the same."""
+    import sys
+
+    run = sys.modules.get("chutes.entrypoint.run")
+    middleware = getattr(run, "DevMiddleware", None)
+    if not isinstance(middleware, type) or getattr(middleware.dispatch, "wrapped_by_chutes_wrappers", False):
+        return  # not in dev mode (tools.sdk.node puts the real GraValMiddleware there), or done already
+
+    async def dispatch(self: Any, request: "Request", call_next: Any) -> Any:
+        args = None
+        if request.method in BODY_METHODS:
+            raw = await request.body()
+            if raw.strip():
+                try:
+                    args = json.loads(raw)
+                except ValueError as exc:
+                    from starlette.responses import JSONResponse
+
+                    return JSONResponse({"detail": f"invalid request JSON payload: {exc}"}, status_code=400)
+        request.state.serialized = False
+        request.state.decrypted = args
+        return await call_next(request)
+
+    dispatch.wrapped_by_chutes_wrappers = True  # type: ignore[attr-defined]
+    middleware.dispatch = dispatch
 
 
 @dataclass(frozen=True)
