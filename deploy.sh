@@ -40,6 +40,8 @@ ACTIONS=(
 )
 VALUE_OPTIONS=(--port --logging-port --timeout --call-timeout --backfill --gpus --instance --image)
 NUMBER_OPTIONS=(--port --logging-port --timeout --call-timeout --backfill)
+PORT_OPTIONS=(--port --logging-port) # numbers in 1-65535 (tools/ports.py checks the same for the tools)
+readonly MAX_PORT=65535
 FLAG_OPTIONS=(--local --accept-fee --public --no-service --verbose --yes --debug)
 PASSTHROUGH_ACTIONS=(--discover --new) # their tool parses what follows the value
 
@@ -207,6 +209,11 @@ absolute_module() {
   fi
 }
 
+# Usage: is_port DIGITS — in 1-65535 (more than 5 significant digits would overflow Bash's arithmetic).
+is_port() {
+  [[ "$1" =~ ^0*([0-9]{1,5})$ ]] && ((10#${BASH_REMATCH[1]} >= 1 && 10#${BASH_REMATCH[1]} <= MAX_PORT))
+}
+
 parse_args() {
   local arg
   while (($# > 0)); do
@@ -238,6 +245,9 @@ parse_args() {
           need_value "${arg}" "$#" "${2:-}"
           if in_list "${arg}" "${NUMBER_OPTIONS[@]}" && [[ ! "$2" =~ ^[0-9]+$ ]]; then
             die_usage "${arg} needs a number, got '$2'"
+          fi
+          if in_list "${arg}" "${PORT_OPTIONS[@]}" && ! is_port "$2"; then
+            die_usage "${arg} needs a port number (1-${MAX_PORT}), got '$2'"
           fi
           OPTIONS+=("${arg}" "$2")
           shift
@@ -273,8 +283,23 @@ check_args() {
   elif ((${#POSITIONALS[@]} > 0)); then
     die_usage "unexpected argument '${POSITIONALS[0]}' for ${ACTION}"
   fi
+  check_logging_port
   case "${ACTION}" in
     --build | --deploy | --run | --smoke | --run-docker | --validate | --discover) VALUE="$(absolute_module "${VALUE}")" ;;
+  esac
+}
+
+# Usage: check_logging_port — the chute's logging port, port+1 unless given, must be a port too.
+check_logging_port() {
+  local port
+  port="$(option_value --port)"
+  [[ -n "${port}" && -z "$(option_value --logging-port)" ]] || return 0
+  case "${ACTION}" in
+    --run | --smoke | --run-docker)
+      if ((10#${port} + 1 > MAX_PORT)); then
+        die_usage "--port ${port}: the chute's logging port would be $((10#${port} + 1)), above ${MAX_PORT}; pick a lower --port or give --logging-port"
+      fi
+      ;;
   esac
 }
 

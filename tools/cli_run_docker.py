@@ -29,6 +29,7 @@ from tools.containers import (
     require_image,
 )
 from tools.errors import ServiceError, WrapperError, run_cli
+from tools.ports import logging_port_for, port_number
 from tools.run_dev import cord_table, cords_of, http_answers, import_module, locate_module
 
 ROLE = "run-docker"
@@ -178,7 +179,7 @@ def wait_ready(
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="deploy.sh --run-docker", description=__doc__.splitlines()[0])
     parser.add_argument("module", nargs="?", help="deploy module, e.g. deploy_example (or a path to one)")
-    parser.add_argument("--port", type=int, default=8000, help="chute port on 127.0.0.1 (default 8000)")
+    parser.add_argument("--port", type=port_number, default=8000, help="chute port on 127.0.0.1 (default 8000)")
     parser.add_argument("--gpus", default="auto", help="auto (only with a GPU runtime), none, all, N, or 0,1")
     parser.add_argument("--timeout", type=float, default=600, help="seconds to wait for the chute (default 600)")
     parser.add_argument("--image", help="run this image instead of the module's")
@@ -189,6 +190,7 @@ def main(argv: list[str] | None = None) -> None:
         run_cli(cleanup, debug=args.debug, prog="deploy.sh --cleanup")
     if not args.module:
         parser.error("a deploy module is needed")
+    logging_port_for(parser, args.port, None)  # the chute's logging port inside the container: port+1
     run_cli(lambda: run(args), debug=args.debug, prog="deploy.sh --run-docker")
 
 

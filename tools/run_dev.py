@@ -28,6 +28,7 @@ from types import ModuleType
 from typing import Iterator
 
 from tools.errors import ServiceError, WrapperError, run_cli
+from tools.ports import logging_port_for, port_number
 from tools.routes import Route
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -396,8 +397,8 @@ def run(args: argparse.Namespace) -> int:
 
 def add_stack_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("module", help="deploy module, e.g. deploy_example (or a path to one)")
-    parser.add_argument("--port", type=int, default=8000, help="chute port (default 8000)")
-    parser.add_argument("--logging-port", type=int, default=None, help="chute logging port (default port+1)")
+    parser.add_argument("--port", type=port_number, default=8000, help="chute port (default 8000)")
+    parser.add_argument("--logging-port", type=port_number, default=None, help="chute logging port (default port+1)")
     parser.add_argument("--no-service", action="store_true", help="do not start HOST_COMMAND; use the running service")
     parser.add_argument("--timeout", type=float, default=120, help="seconds to wait for the service and the chute")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -408,6 +409,7 @@ def main(argv: list[str] | None = None) -> None:
     add_stack_arguments(parser)
     parser.add_argument("--exit-when-ready", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    args.logging_port = logging_port_for(parser, args.port, args.logging_port)
     run_cli(lambda: run(args), debug=args.debug, prog="deploy.sh --run")
 
 

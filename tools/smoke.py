@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import requests
 
 from tools.errors import run_cli
+from tools.ports import logging_port_for
 from tools.proxy import CATCH_ALL_BODY_KEY, RAW_BASE64_KEY, RAW_TEXT_KEY, RAW_TYPE_KEY
 from tools.routes import Route
 from tools.run_dev import Cord, add_stack_arguments, dev_stack
@@ -184,6 +185,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--call-timeout", type=float, default=120, help="seconds per call (default 120)")
     parser.add_argument("--verbose", action="store_true", help="show the service's and the chute's logs")
     args = parser.parse_args(argv)
+    args.logging_port = logging_port_for(parser, args.port, args.logging_port)
     run_cli(lambda: smoke(args), debug=args.debug, prog="deploy.sh --smoke")
 
 
