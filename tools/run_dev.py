@@ -25,7 +25,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Iterator
+from typing import Iterator, Mapping
 
 from tools.errors import ServiceError, WrapperError, run_cli
 from tools.ports import logging_port_for, port_number
@@ -323,6 +323,21 @@ class Stack:
                 raise child.failure()
 
 
+def is_chutes_secret(name: str) -> bool:
+    """A Chutes credential by its name: CHUTES_API_KEY, a hotkey seed, anything CHUTES_* that the
+    secret-name rule (tools.containers.SECRET_KEY_RE) calls secret."""
+    from tools.containers import SECRET_KEY_RE
+
+    upper = name.upper()
+    return upper.startswith("CHUTES_") and bool(SECRET_KEY_RE.search(upper) or "SEED" in upper or "JWT" in upper)
+
+
+def without_chutes_secrets(env: Mapping[str, str]) -> dict[str, str]:
+    """`env` without Chutes credentials: the wrapped service is not ours and has no use for them, and
+    `chutes run --dev` signs nothing (the tools that call the API read them in their own process)."""
+    return {key: value for key, value in env.items() if not is_chutes_secret(key)}
+
+
 @contextlib.contextmanager
 def dev_stack(args: argparse.Namespace, quiet: bool = False) -> Iterator[Stack]:
     """Start the module's service (HOST_COMMAND) and `chutes run --dev`; stop both on the way out."""
@@ -350,7 +365,7 @@ def dev_stack(args: argparse.Namespace, quiet: bool = False) -> Iterator[Stack]:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
 
-    env = dict(os.environ)
+    env = without_chutes_secrets(os.environ)
     service_env = dict(env, **{str(k): str(v) for k, v in (getattr(module, "CHUTE_ENV", None) or {}).items()})
     children: list[Child] = []
     try:
