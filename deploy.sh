@@ -336,6 +336,8 @@ tool() {
 }
 
 # Usage: exec_tool MODULE ARGS... — the same, replacing this shell (its exit status is the tool's).
+# Every long action ends with it: a signal sent to deploy.sh alone (`kill PID`, a process manager, a CI
+# runner) then reaches the tool, which cleans up (containers, children) instead of running on orphaned.
 exec_tool() {
   local python
   python="$(venv_python)"
@@ -526,21 +528,29 @@ cmd_new() {
   tool new_module "${name}" "${extra[@]}" "${DEBUG_ARGS[@]}"
 }
 
-# Usage: discover MODULE [OPTIONS...] — route discovery for MODULE (asks for delays on a terminal).
-discover() {
+# Usage: discover_command MODULE [OPTIONS...] — DISCOVER_CMD: the tool and arguments of route
+# discovery for MODULE (asking for delays on a terminal).
+discover_command() {
   local file
   file="$(module_file "$1")"
   [[ -f "${file}" ]] || die "no module ${file}"
-  local -a cmd=(discover_routes --chute-file "${file}" "${@:2}")
+  DISCOVER_CMD=(discover_routes --chute-file "${file}" "${@:2}")
   if [[ -t 0 ]] && ! has_option --yes; then
-    cmd+=(--interactive)
+    DISCOVER_CMD+=(--interactive)
   fi
-  tool "${cmd[@]}"
+}
+DISCOVER_CMD=()
+
+# Usage: discover MODULE [OPTIONS...] — route discovery for MODULE, when more follows it.
+discover() {
+  discover_command "$@"
+  tool "${DISCOVER_CMD[@]}"
 }
 
 cmd_discover() {
   value_or_pick_module "discover routes for" || return
-  discover "${PICKED}" "${PASS[@]}" "${DEBUG_ARGS[@]}"
+  discover_command "${PICKED}" "${PASS[@]}" "${DEBUG_ARGS[@]}"
+  exec_tool "${DISCOVER_CMD[@]}"
 }
 
 cmd_validate() {
@@ -574,7 +584,7 @@ cmd_build() {
       return 0
     }
   fi
-  tool "${cmd[@]}"
+  exec_tool "${cmd[@]}"
 }
 
 cmd_run() {
@@ -596,7 +606,7 @@ cmd_run_docker() {
       cmd+=("${option}" "$(option_value "${option}")")
     fi
   done
-  tool "${cmd[@]}" "${DEBUG_ARGS[@]}"
+  exec_tool "${cmd[@]}" "${DEBUG_ARGS[@]}"
 }
 
 cmd_cleanup() {
@@ -630,7 +640,7 @@ cmd_deploy() {
     printf 'Cancelled: nothing was deployed.\n'
     return 0
   }
-  tool "${cmd[@]}"
+  exec_tool "${cmd[@]}"
 }
 
 cmd_status() {
@@ -647,7 +657,7 @@ cmd_logs() {
       cmd+=("${option}" "$(option_value "${option}")")
     fi
   done
-  tool "${cmd[@]}" "${DEBUG_ARGS[@]}"
+  exec_tool "${cmd[@]}" "${DEBUG_ARGS[@]}"
 }
 
 cmd_warmup() {
@@ -656,7 +666,7 @@ cmd_warmup() {
   if [[ -n "$(option_value --timeout)" ]]; then
     cmd+=(--timeout "$(option_value --timeout)")
   fi
-  tool "${cmd[@]}" "${DEBUG_ARGS[@]}"
+  exec_tool "${cmd[@]}" "${DEBUG_ARGS[@]}"
 }
 
 cmd_keep_warm() {
@@ -667,7 +677,7 @@ cmd_keep_warm() {
     seconds="${ANSWER}"
   fi
   value_or_pick_remote chutes "keep warm" || return
-  tool cli_cloud keep-warm "${PICKED}" --interval "${seconds}" "${DEBUG_ARGS[@]}"
+  exec_tool cli_cloud keep-warm "${PICKED}" --interval "${seconds}" "${DEBUG_ARGS[@]}"
 }
 
 # Usage: delete_remote chutes|images — resolve, confirm by typing the name or id, delete.
