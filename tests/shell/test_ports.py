@@ -3,6 +3,7 @@ deploy.sh and from each tool run directly, before anything starts."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 
 import pytest
@@ -24,6 +25,8 @@ BAD_PORTS = [
     (["--smoke", "deploy_example", "--port", "65535"], "--port 65535: the chute's logging port would be 65536"),
     (["--run-docker", "deploy_example", "--port", "99999"], "--port needs a port number (1-65535), got '99999'"),
     (["--run-docker", "deploy_example", "--port", "65535"], "--port 65535: the chute's logging port would be 65536"),
+    # --discover's options go to its tool, which checks them with the same rule
+    (["--discover", "deploy_example", "--port", "70000"], "argument --port: 70000 is not a port number (1-65535)"),
 ]
 
 
@@ -34,7 +37,9 @@ def test_deploy_sh_port_outside_the_range_is_one_line_and_exit_2(tmp_path, args,
     result = subprocess.run([str(DEPLOY), *args], env=clean_env(home), capture_output=True, text=True,
                             stdin=subprocess.DEVNULL, timeout=60)
     assert result.returncode == 2, result.stdout + result.stderr
-    assert result.stderr.splitlines()[0].startswith(f"deploy.sh: error: {message}")
+    errors = [line for line in result.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1 and re.match(r"(deploy\.sh|discover_routes): error: ", errors[0]), result.stderr
+    assert message in errors[0]
     assert "Traceback" not in result.stderr and "OverflowError" not in result.stderr
     assert not result.stdout  # nothing started
 
@@ -60,6 +65,8 @@ TOOL_CASES = [
     ("smoke", ["--port", "65535"], "--port 65535: the logging port would be 65536"),
     ("cli_run_docker", ["--port", "99999"], "argument --port: 99999 is not a port number (1-65535)"),
     ("cli_run_docker", ["--port", "65535"], "--port 65535: the logging port would be 65536"),
+    ("discover_routes", ["--port", "99999"], "argument --port: 99999 is not a port number (1-65535)"),
+    ("new_module", ["--image", "x:1", "--port", "0"], "argument --port: 0 is not a port number (1-65535)"),
 ]
 
 
