@@ -40,7 +40,7 @@ ACTIONS=(
 )
 VALUE_OPTIONS=(--port --logging-port --timeout --call-timeout --backfill --gpus --instance --image)
 NUMBER_OPTIONS=(--port --logging-port --timeout --call-timeout --backfill)
-PORT_OPTIONS=(--port --logging-port) # numbers in 1-65535 (tools/ports.py checks the same for the tools)
+PORT_OPTIONS=(--port --logging-port) # numbers in 1-65535 (tools/constants.py checks the same for the tools)
 readonly MAX_PORT=65535
 FLAG_OPTIONS=(--local --accept-fee --public --no-service --verbose --yes --debug)
 PASSTHROUGH_ACTIONS=(--discover --new) # their tool parses what follows the value
@@ -196,19 +196,6 @@ need_value() {
   fi
 }
 
-# Usage: absolute_module ARG — a module path made absolute against the caller's directory; a bare
-# name is a module beside deploy.sh, else one in the caller's directory.
-absolute_module() {
-  local file="${1%.py}.py"
-  if [[ "$1" == */* && "$1" != /* ]]; then
-    printf '%s/%s' "${PWD}" "$1"
-  elif [[ "$1" != */* && ! -f "${ROOT}/${file}" && -f "${PWD}/${file}" ]]; then
-    printf '%s/%s' "${PWD}" "${file}"
-  else
-    printf '%s' "$1"
-  fi
-}
-
 # Usage: is_port DIGITS — in 1-65535 (more than 5 significant digits would overflow Bash's arithmetic).
 is_port() {
   [[ "$1" =~ ^0*([0-9]{1,5})$ ]] && ((10#${BASH_REMATCH[1]} >= 1 && 10#${BASH_REMATCH[1]} <= MAX_PORT))
@@ -284,9 +271,6 @@ check_args() {
     die_usage "unexpected argument '${POSITIONALS[0]}' for ${ACTION}"
   fi
   check_logging_port
-  case "${ACTION}" in
-    --build | --deploy | --run | --smoke | --run-docker | --validate | --discover) VALUE="$(absolute_module "${VALUE}")" ;;
-  esac
 }
 
 # Usage: check_logging_port — the chute's logging port, port+1 unless given, must be a port too.
@@ -380,15 +364,12 @@ confirm() {
   [[ "${ANSWER}" == [yY] || "${ANSWER}" == [yY][eE][sS] ]]
 }
 
-# Usage: module_file MODULE — the path of a module given as a name or a path.
-module_file() {
-  local module="${1%.py}"
-  if [[ "${module}" == */* ]]; then
-    printf '%s.py' "${module}"
-  else
-    printf '%s/%s.py' "${ROOT}" "${module}"
-  fi
-}
+# Usage: locate_module MODULE — its absolute path, by tools.deploy_module's rule (beside deploy.sh,
+# else in the current directory; a path is relative to the current directory).
+locate_module() { tool deploy_module locate "$1" --cwd "${CALLER_DIR}"; }
+
+# Usage: manifest_of MODULE_PATH — the route manifest discovery writes for it.
+manifest_of() { tool deploy_module manifest "$1"; }
 
 # Usage: pick_module PURPOSE — a deploy module in PICKED: by number or typed name; b, q.
 pick_module() {
@@ -417,7 +398,7 @@ pick_module() {
       err "no module number ${ANSWER}"
       continue
     fi
-    PICKED="$(absolute_module "${ANSWER}")"
+    PICKED="${ANSWER}"
     return 0
   done
 }
@@ -479,16 +460,14 @@ pick_remote() {
   done
 }
 
-# Usage: value_or_pick_module PURPOSE — VALUE, else a picked module (in PICKED either way); it must exist.
+# Usage: value_or_pick_module PURPOSE — VALUE, else a picked module; its absolute path in PICKED.
 value_or_pick_module() {
-  local file
-  if [[ -n "${VALUE}" ]]; then
-    PICKED="${VALUE}"
-  else
+  local given="${VALUE}"
+  if [[ -z "${given}" ]]; then
     pick_module "$1" || return
+    given="${PICKED}"
   fi
-  file="$(module_file "${PICKED}")"
-  [[ -f "${file}" ]] || die "no module ${file##*/} in ${file%/*} (copy deploy_example.py to start one)"
+  PICKED="$(locate_module "${given}")" || exit 1
 }
 
 # Usage: value_or_pick_remote KIND PURPOSE — VALUE (or the positional for --keep-warm), else picked.
@@ -528,20 +507,17 @@ cmd_new() {
   tool new_module "${name}" "${extra[@]}" "${DEBUG_ARGS[@]}"
 }
 
-# Usage: discover_command MODULE [OPTIONS...] — DISCOVER_CMD: the tool and arguments of route
-# discovery for MODULE (asking for delays on a terminal).
+# Usage: discover_command MODULE_PATH [OPTIONS...] — DISCOVER_CMD: the tool and arguments of route
+# discovery for a module (asking for delays on a terminal).
 discover_command() {
-  local file
-  file="$(module_file "$1")"
-  [[ -f "${file}" ]] || die "no module ${file}"
-  DISCOVER_CMD=(discover_routes --chute-file "${file}" "${@:2}")
+  DISCOVER_CMD=(discover_routes --chute-file "$1" "${@:2}")
   if [[ -t 0 ]] && ! has_option --yes; then
     DISCOVER_CMD+=(--interactive)
   fi
 }
 DISCOVER_CMD=()
 
-# Usage: discover MODULE [OPTIONS...] — route discovery for MODULE, when more follows it.
+# Usage: discover MODULE_PATH [OPTIONS...] — route discovery for a module, when more follows it.
 discover() {
   discover_command "$@"
   tool "${DISCOVER_CMD[@]}"
@@ -567,8 +543,7 @@ cmd_build() {
     [[ "${ANSWER}" == [rR] ]] || OPTIONS+=(--local)
   fi
   if has_option --local; then cmd+=(--local); else require_account; fi
-  manifest="$(module_file "${module}")"
-  manifest="${manifest%.py}.routes.json"
+  manifest="$(manifest_of "${module}")"
   if [[ ! -f "${manifest}" ]]; then
     if has_option --yes || ! can_ask; then
       printf 'No route manifest (%s): building with CHUTE_STATIC_ROUTES only.\n' "${manifest##*/}"
@@ -799,10 +774,12 @@ derive_options() {
   if has_option --debug; then DEBUG_ARGS=(--debug); fi
 }
 RUN_OPTIONS=() DEBUG_ARGS=()
+CALLER_DIR="${PWD}" # where the user ran deploy.sh: module paths are relative to it
 
 main() {
   init_colours
   parse_args "$@"
+  CALLER_DIR="${PWD}"
   cd "${ROOT}"
   derive_options
   if [[ -z "${ACTION}" ]]; then

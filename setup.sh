@@ -14,6 +14,8 @@
 set -euo pipefail
 
 readonly STAMP_NAME=".chutes-wrappers-stamp"
+SETUP_DIR="$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)"
+readonly SETUP_DIR
 readonly MIN_PY_MAJOR=3
 readonly MIN_PY_MINOR=10
 PYTHON_CANDIDATES=(python3.13 python3.12 python3.11 python3.10 python3)
@@ -302,21 +304,9 @@ config_path() {
 
 # Usage: backup_config FILE — copy FILE to FILE.bak.<YYYYmmdd-HHMMSS> (mode 600, never
 # overwriting an older backup) and print the backup's path. FILE itself is left untouched.
+# The rule lives in tools/private_files.py (standard library only), shared with tools/account.py.
 backup_config() {
-  local src="$1" stamp dest n=0
-  if [[ ! -f "$src" ]]; then
-    err "backup_config: $src is not a file"
-    return 1
-  fi
-  stamp="$(date +%Y%m%d-%H%M%S)"
-  dest="$src.bak.$stamp"
-  while [[ -e "$dest" ]]; do
-    n=$((n + 1))
-    dest="$src.bak.$stamp.$n"
-  done
-  # umask 077 so the copy is never readable by others, not even between cp and chmod.
-  (umask 077 && cp -- "$src" "$dest" && chmod 600 -- "$dest")
-  printf '%s\n' "$dest"
+  "${BACKUP_PYTHON:-python3}" "$SETUP_DIR/tools/private_files.py" backup "$1"
 }
 
 # Usage: maybe_register VENV — offer or run `chutes register`; returns 1 if it was run and failed.
@@ -328,7 +318,7 @@ maybe_register() {
     confirm "No Chutes config at $config. Register a Chutes account now (chutes register)?" || return 0
   fi
   if [[ -e "$config" ]]; then
-    backup="$(backup_config "$config")"
+    backup="$(BACKUP_PYTHON="$venv/bin/python" backup_config "$config")"
     info "Backed up the existing Chutes config to $backup"
   fi
   if ! "$venv/bin/chutes" register; then

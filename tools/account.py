@@ -16,15 +16,14 @@ import io
 import json
 import os
 import re
-import shutil
 import sys
-import tempfile
-import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from tools import chutes_api
 from tools.chutes_api import Account, APIError, Client
 from tools.errors import WrapperError, run_cli
+from tools.private_files import write_private
 
 PROG = "deploy.sh"
 REMOTE_BUILD_MINIMUM_USD = 50
@@ -33,39 +32,6 @@ SEED_RE = re.compile(r"^(0x)?[0-9a-fA-F]{64}$")
 
 # --------------------------------------------------------------------------------------------------
 # Private files
-
-
-def backup(path: Path) -> Path | None:
-    """Copy `path` to `path.bak.<YYYYmmdd-HHMMSS>[.n]` (mode 600, never overwriting); None if absent."""
-    if not path.exists():
-        return None
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    dest = path.with_name(f"{path.name}.bak.{stamp}")
-    n = 0
-    while dest.exists():
-        n += 1
-        dest = path.with_name(f"{path.name}.bak.{stamp}.{n}")
-    fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as out, open(path, "rb") as src:
-        shutil.copyfileobj(src, out)
-    return dest
-
-
-def write_private(path: Path, text: str) -> Path | None:
-    """Atomically replace `path` with `text` (mode 600), backing up what was there; returns the backup."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    saved = backup(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)  # mkstemp: mode 600
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            out.write(text)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return saved
 
 
 def ask_secret(prompt: str) -> str:
@@ -92,7 +58,20 @@ def ask(prompt: str, default: str = "") -> str:
 # info
 
 
-def info(args: argparse.Namespace) -> int:
+@dataclass
+class AccountCommand:
+    """One run of this CLI (deploy.sh --account, --set-api-key, --link-hotkey)."""
+
+    command: str
+    debug: bool = False
+    no_check: bool = False
+    hotkey_file: str | None = None
+    wallets_path: str = str(Path.home() / ".bittensor" / "wallets")
+    hotkey_name: str = "default"
+    api_url: str | None = None
+
+
+def info(args: AccountCommand) -> int:
     path = chutes_api.config_path()
     account = chutes_api.load_account(required=True)
     assert account is not None
@@ -128,7 +107,7 @@ def print_rows(rows: list[tuple[str, str]]) -> None:
         print(f"  {label + ':':<17} {value}")
 
 
-def check(args: argparse.Namespace) -> int:
+def check(args: AccountCommand) -> int:
     """Exit 1 with how to get an account when there is none (deploy.sh asks this before its questions)."""
     chutes_api.load_account(required=True)
     return 0
@@ -138,7 +117,7 @@ def check(args: argparse.Namespace) -> int:
 # set-api-key
 
 
-def set_api_key(args: argparse.Namespace) -> int:
+def set_api_key(args: AccountCommand) -> int:
     path = chutes_api.api_key_path()
     key = ask_secret("Chutes API key (cpk_..., input hidden): ")
     if not key:
@@ -178,7 +157,7 @@ def seed_from_hotkey_file(path: Path) -> tuple[str, str, str]:
     return seed.removeprefix("0x"), str(data.get("ss58Address") or ""), path.name
 
 
-def choose_hotkey(args: argparse.Namespace) -> tuple[str, str, str]:
+def choose_hotkey(args: AccountCommand) -> tuple[str, str, str]:
     """(seed, expected ss58 or '', hotkey name)."""
     if args.hotkey_file:
         return seed_from_hotkey_file(Path(args.hotkey_file).expanduser())
@@ -199,7 +178,7 @@ def choose_hotkey(args: argparse.Namespace) -> tuple[str, str, str]:
     return seed.removeprefix("0x"), "", args.hotkey_name
 
 
-def link(args: argparse.Namespace) -> int:
+def link(args: AccountCommand) -> int:
     from substrateinterface import Keypair
 
     seed, expected, name = choose_hotkey(args)
@@ -252,7 +231,7 @@ def main(argv: list[str] | None = None) -> None:
     linker.add_argument("--wallets-path", default=str(Path.home() / ".bittensor" / "wallets"))
     linker.add_argument("--hotkey-name", default="default", help="name recorded for a pasted seed")
     linker.add_argument("--api-url", help="API base URL (default: CHUTES_API_URL, the config's, or the public API)")
-    args = parser.parse_args(argv)
+    args = AccountCommand(**vars(parser.parse_args(argv)))
     action = {"info": info, "check": check, "set-api-key": set_api_key, "link": link}[args.command]
     prog = {"info": " --account", "set-api-key": " --set-api-key", "link": " --link-hotkey"}.get(args.command, "")
     run_cli(lambda: action(args), debug=args.debug, prog=f"{PROG}{prog}")

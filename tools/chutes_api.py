@@ -17,24 +17,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from tools.errors import WrapperError
+from tools.constants import API_KEY_ENV
+from tools.errors import APIError, WrapperError
 
 DEFAULT_API_URL = "https://api.chutes.ai"
-API_KEY_ENV = "CHUTES_API_KEY"
 # The SDK's header names (chutes.constants); repeated here so reading them costs no chutes import.
 USER_ID_HEADER = "X-Chutes-UserID"
 HOTKEY_HEADER = "X-Chutes-Hotkey"
 NONCE_HEADER = "X-Chutes-Nonce"
 SIGNATURE_HEADER = "X-Chutes-Signature"
 NO_ACCOUNT_HINT = "run ./setup.sh --register for a new account, or ./setup.sh --link-hotkey to use an existing one"
-
-
-class APIError(WrapperError):
-    """The Chutes API refused or failed a request."""
-
-    def __init__(self, message: str, hint: str | None = None, status: int | None = None):
-        super().__init__(message, hint)
-        self.status = status
 
 
 # --------------------------------------------------------------------------------------------------

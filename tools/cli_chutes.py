@@ -26,9 +26,12 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from tools import chutes_api
+from tools import chutes_api, deploy_module
+from tools.constants import MANIFEST_ENV
+from tools.deploy_module import ROOT
 from tools.errors import WrapperError, run_cli
-from tools.run_dev import ROOT, chutes_executable, locate_module
+from tools.processes import chutes_executable
+from tools.routes import manifest_path
 from tools.wrapper_image import SETUP_ERROR
 
 ANSI_RE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
@@ -143,7 +146,24 @@ def require_account() -> None:
 # Commands
 
 
-def list_objects(args: argparse.Namespace) -> int:
+@dataclass
+class ChutesCommand:
+    """One run of this CLI: which command, on what, with which flags."""
+
+    command: str
+    kind: str = "chutes"  # list, delete: chutes | images
+    ref: str = ""  # status, delete: a name or id
+    module: str = ""  # build, deploy
+    page: int = 0
+    limit: int = 25
+    local: bool = False
+    skip_check: bool = False
+    accept_fee: bool = False
+    public: bool = False
+    debug: bool = False
+
+
+def list_objects(args: ChutesCommand) -> int:
     require_account()
     outcome = run_chutes([args.kind, "list", "--page", str(args.page), "--limit", str(args.limit)])
     if outcome.code != 0 or f"Failed to list {args.kind}" in outcome.text or "Found " not in outcome.text:
@@ -151,7 +171,7 @@ def list_objects(args: argparse.Namespace) -> int:
     return 0
 
 
-def status(args: argparse.Namespace) -> int:
+def status(args: ChutesCommand) -> int:
     require_account()
     outcome = run_chutes(["chutes", "get", args.ref])
     if outcome.code != 0 or not re.search(r"- chute \S+:$", outcome.text, re.M):
@@ -159,7 +179,7 @@ def status(args: argparse.Namespace) -> int:
     return 0
 
 
-def delete(args: argparse.Namespace) -> int:
+def delete(args: ChutesCommand) -> int:
     require_account()
     singular = args.kind[:-1]
     outcome = run_chutes([args.kind, "delete", args.ref])
@@ -171,19 +191,21 @@ def delete(args: argparse.Namespace) -> int:
     return 0
 
 
-def module_env(name: str, directory: Path) -> dict[str, str]:
+def module_env(module_file: Path) -> dict[str, str]:
+    """Our environment, naming the module's manifest (so `chutes build` reads the one beside it)."""
     env = dict(os.environ)
-    manifest = directory / f"{name}.routes.json"
-    if manifest.is_file() and not env.get("CHUTES_ROUTE_MANIFEST"):
-        env["CHUTES_ROUTE_MANIFEST"] = str(manifest)
+    manifest = manifest_path(module_file)
+    if manifest.is_file() and not env.get(MANIFEST_ENV):
+        env[MANIFEST_ENV] = str(manifest)
     return env
 
 
-def build(args: argparse.Namespace) -> int:
-    name, directory = locate_module(args.module)
-    env = module_env(name, directory)
-    if "CHUTES_ROUTE_MANIFEST" in env:
-        print(f"route manifest: {env['CHUTES_ROUTE_MANIFEST']}")
+def build(args: ChutesCommand) -> int:
+    path = deploy_module.locate(args.module)
+    name, directory = path.stem, path.parent
+    env = module_env(path)
+    if MANIFEST_ENV in env:
+        print(f"route manifest: {env[MANIFEST_ENV]}")
     command = ["build", f"{name}:chute"] + (["--local"] if args.local else ["--wait"]) + (["--debug"] if args.debug else [])
     if not args.local:
         require_account()
@@ -201,7 +223,7 @@ def build(args: argparse.Namespace) -> int:
         raise outcome.failure("the local build")
     if args.skip_check:
         return 0
-    image = image_ref(name, directory, env)
+    image = image_ref(path, env)
     print(f"built {image}; checking that it can start the chute runtime ...", flush=True)
     check_runtime(engine, image)
     print(f"ok: {image} starts the chute runtime (chutes run --generate-inspecto-hash)")
@@ -236,17 +258,14 @@ class docker_on_path:
             shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def image_ref(name: str, directory: Path, env: dict[str, str]) -> str:
+def image_ref(path: Path, env: dict[str, str]) -> str:
     """`name:tag` as `chutes build --local` tagged it (the module's image)."""
-    from tools.run_dev import import_module
-
-    if env.get("CHUTES_ROUTE_MANIFEST"):
-        os.environ["CHUTES_ROUTE_MANIFEST"] = env["CHUTES_ROUTE_MANIFEST"]
-    module = import_module(name, directory)
-    image = getattr(getattr(module, "chute", None), "image", None)
-    if image is None or isinstance(image, str):
-        raise WrapperError(f"{name}.py's chute has no image built from the module")
-    return f"{image.name}:{image.tag}"
+    if env.get(MANIFEST_ENV):
+        os.environ[MANIFEST_ENV] = env[MANIFEST_ENV]
+    module = deploy_module.load(path)
+    if isinstance(getattr(module.chute, "image", None), str):
+        raise WrapperError(f"{path.name}'s chute has no image built from the module")
+    return module.image_ref
 
 
 def check_runtime(engine, image: str) -> None:
@@ -261,10 +280,11 @@ def check_runtime(engine, image: str) -> None:
     raise WrapperError(f"{image} cannot start the chute runtime (exit {proc.returncode}):\n{tail}")
 
 
-def deploy(args: argparse.Namespace) -> int:
-    name, directory = locate_module(args.module)
+def deploy(args: ChutesCommand) -> int:
+    path = deploy_module.locate(args.module)
+    name, directory = path.stem, path.parent
     require_account()
-    env = module_env(name, directory)
+    env = module_env(path)
     command = ["deploy", f"{name}:chute"] + [flag for flag, on in (("--accept-fee", args.accept_fee),
                                                                   ("--public", args.public),
                                                                   ("--debug", args.debug)) if on]
@@ -299,7 +319,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("module")
     p.add_argument("--accept-fee", action="store_true")
     p.add_argument("--public", action="store_true")
-    args = parser.parse_args(argv)
+    args = ChutesCommand(**vars(parser.parse_args(argv)))
     action = {"list": list_objects, "status": status, "delete": delete, "build": build, "deploy": deploy}[args.command]
     prog = {"list": f"--list-{getattr(args, 'kind', '')}", "delete": "--delete" if getattr(args, "kind", "") == "chutes"
             else "--delete-image"}.get(args.command, f"--{args.command}")

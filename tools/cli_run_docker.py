@@ -12,6 +12,7 @@ import signal
 import sys
 import threading
 import time
+from dataclasses import dataclass
 
 from tools.containers import (
     LABEL,
@@ -28,65 +29,67 @@ from tools.containers import (
     remove_leftovers,
     require_image,
 )
+from tools import deploy_module
+from tools.constants import APP_DIR, DEFAULT_CHUTE_PORT, DEFAULT_SERVICE_TIMEOUT, chute_ports, port_argument
+from tools.cord_table import cord_table, cords_of
 from tools.errors import ServiceError, WrapperError, run_cli
-from tools.ports import logging_port_for, port_number
-from tools.run_dev import cord_table, cords_of, http_answers, import_module, locate_module
+from tools.processes import http_answers, stop_on_signals
 
 ROLE = "run-docker"
 # What `chutes run` logs when the chute's startup raised (it then sleeps 60 s before exiting).
 STARTUP_FAILED = "Unexpected error executing _run_chute()"
-APP_DIR = "/app"  # where `chutes build` puts the module (and where `chutes run` looks for it)
 
 
-def image_of(module, name: str) -> str:
-    image = getattr(getattr(module, "chute", None), "image", None)
-    if image is None:
-        raise WrapperError(f"{name}.py defines no `chute` with an image")
-    return image if isinstance(image, str) else f"{image.name}:{image.tag}"
+@dataclass
+class RunDockerConfig:
+    module: str
+    port: int = DEFAULT_CHUTE_PORT
+    gpus: str | None = "auto"
+    timeout: float = DEFAULT_SERVICE_TIMEOUT
+    image: str | None = None
+    debug: bool = False
 
 
-def plan(args: argparse.Namespace):
-    name, directory = locate_module(args.module)
-    module = import_module(name, directory)
-    ports = [int(p) for p in getattr(module, "SERVICE_PORTS", None) or []]
-    image = args.image or image_of(module, name)
+def plan(config: RunDockerConfig):
+    module = deploy_module.load(config.module)
+    name = module.name
+    ports = module.ports(required=False)
+    image = config.image or module.image_ref
+    port, logging_port = chute_ports(config.port, None)
     engine = detect_engine()
     try:
         require_image(engine, image)
     except EngineError:
         raise EngineError(f"image {image!r} is not present in {engine.label}",
-                          f"build it first: ./deploy.sh --build {args.module} --local") from None
-    published = {args.port: args.port}
-    for port in ports:
-        if port in published:
-            raise WrapperError(f"--port {args.port} is also a service port of {name}", "pick another --port")
-        published[port] = port
-    for port in published:
-        if not port_is_free(port):
-            what = "chute port (--port)" if port == args.port else f"service port of {name}"
-            raise WrapperError(f"port {port} ({what}) is already in use on 127.0.0.1", "stop what listens there")
+                          f"build it first: ./deploy.sh --build {config.module} --local") from None
+    published = {port: port}
+    for service_port in ports:
+        if service_port in published:
+            raise WrapperError(f"--port {port} is also a service port of {name}", "pick another --port")
+        published[service_port] = service_port
+    for taken in published:
+        if not port_is_free(taken):
+            what = "chute port (--port)" if taken == port else f"service port of {name}"
+            raise WrapperError(f"port {taken} ({what}) is already in use on 127.0.0.1", "stop what listens there")
     spec = RunSpec(
         image=image,
         name=container_name("chute", name),
         labels={LABEL: ROLE, LABEL_MODULE: name, LABEL_OWNER: owner_label()},
         ports=published,
         env={"CHUTES_EXECUTION_CONTEXT": "REMOTE"},
-        entrypoint=["chutes", "run", f"{name}:chute", "--dev", "--host", "0.0.0.0", "--port", str(args.port),
-                    "--logging-port", str(args.port + 1)],
-        gpu_args=gpu_args(engine, args.gpus),
+        entrypoint=["chutes", "run", f"{name}:chute", "--dev", "--host", "0.0.0.0", "--port", str(port),
+                    "--logging-port", str(logging_port)],
+        gpu_args=gpu_args(engine, config.gpus),
         extra_args=["--workdir", APP_DIR],
     )
     return name, module, engine, spec
 
 
-def run(args: argparse.Namespace) -> int:
-    name, module, engine, spec = plan(args)
+def run(config: RunDockerConfig, stop: threading.Event) -> int:
+    name, module, engine, spec = plan(config)
     remove_leftovers(engine, ROLE, name)
-    stop = threading.Event()
     streaming = threading.Event()
     crashed = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
 
     def on_log(line: str) -> None:
         if STARTUP_FAILED in line:
@@ -99,9 +102,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"starting {spec.image} with {engine.label} ({gpus}), container {spec.name}", flush=True)
     try:
         container.start()
-        base_url = f"http://127.0.0.1:{args.port}"
-        wait_ready(container, base_url, args.timeout, stop, crashed)
-        print(cord_table(base_url, cords_of(module)), flush=True)
+        base_url = f"http://127.0.0.1:{config.port}"
+        wait_ready(container, base_url, config.timeout, stop, crashed)
+        print(cord_table(base_url, cords_of(module.chute)), flush=True)
         print("ready: streaming the container's log; Ctrl-C stops and removes the container", flush=True)
         for line in container.last_lines(40):
             print(f"[container] {line}")
@@ -113,9 +116,12 @@ def run(args: argparse.Namespace) -> int:
         print("stopping...", flush=True)
         return 130
     finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, signal.SIG_IGN)  # removal must not be cut in half
-        container.remove()
+        previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:  # removal must not be cut in half
+            container.remove()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
         print(f"removed container {spec.name}", flush=True)
 
 
@@ -179,9 +185,11 @@ def wait_ready(
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="deploy.sh --run-docker", description=__doc__.splitlines()[0])
     parser.add_argument("module", nargs="?", help="deploy module, e.g. deploy_example (or a path to one)")
-    parser.add_argument("--port", type=port_number, default=8000, help="chute port on 127.0.0.1 (default 8000)")
+    parser.add_argument("--port", type=port_argument, default=DEFAULT_CHUTE_PORT,
+                        help=f"chute port on 127.0.0.1 (default {DEFAULT_CHUTE_PORT})")
     parser.add_argument("--gpus", default="auto", help="auto (only with a GPU runtime), none, all, N, or 0,1")
-    parser.add_argument("--timeout", type=float, default=600, help="seconds to wait for the chute (default 600)")
+    parser.add_argument("--timeout", type=float, default=DEFAULT_SERVICE_TIMEOUT,
+                        help=f"seconds to wait for the chute (default {DEFAULT_SERVICE_TIMEOUT:g})")
     parser.add_argument("--image", help="run this image instead of the module's")
     parser.add_argument("--cleanup", action="store_true", help="remove containers left by killed runs, then exit")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -190,8 +198,17 @@ def main(argv: list[str] | None = None) -> None:
         run_cli(cleanup, debug=args.debug, prog="deploy.sh --cleanup")
     if not args.module:
         parser.error("a deploy module is needed")
-    logging_port_for(parser, args.port, None)  # the chute's logging port inside the container: port+1
-    run_cli(lambda: run(args), debug=args.debug, prog="deploy.sh --run-docker")
+    try:  # the chute's logging port inside the container is --port + 1: a usage error, not a failure
+        chute_ports(args.port, None)
+    except WrapperError as exc:
+        parser.error(str(exc))
+    config = RunDockerConfig(args.module, args.port, args.gpus, args.timeout, args.image, args.debug)
+
+    def go() -> int:
+        with stop_on_signals() as stop:
+            return run(config, stop)
+
+    run_cli(go, debug=config.debug, prog="deploy.sh --run-docker")
 
 
 def cleanup() -> int:

@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
-from tools.errors import WrapperError
+from tools.constants import ENV_KEY_RE
+from tools.errors import EngineError, WrapperError
 
 ENGINE_ENV = "CHUTES_CONTAINER_ENGINE"
 LABEL = "chutes-wrappers"
@@ -29,14 +30,9 @@ LABEL_MODULE = "chutes-wrappers.module"
 LABEL_CHUTE = "chutes-wrappers.chute"
 LABEL_OWNER = "chutes-wrappers.owner"
 ENV_DIR_PREFIX = "chutes-wrappers-env-"
-ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 CONTAINER_NAME_RE = re.compile(r"[^a-zA-Z0-9_.-]")
 SECRET_KEY_RE = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|PASSWD|PASS$|AUTH|CREDENTIAL|PRIVATE", re.I)
 CDI_DIRS = ("/etc/cdi", "/var/run/cdi")
-
-
-class EngineError(WrapperError):
-    """The container engine is missing, not running, or refused what we asked."""
 
 
 # --------------------------------------------------------------------------------------------------

@@ -17,7 +17,6 @@ if __package__ in (None, ""):  # `python tools/discover_routes.py`, as the READM
 
 import argparse
 import http.client
-import importlib.util
 import json
 import os
 import shlex
@@ -27,12 +26,11 @@ import socket
 import threading
 import time
 from dataclasses import dataclass, field
-from types import ModuleType
 from typing import Any, Callable, Sequence, TextIO
 from urllib.parse import urljoin, urlsplit
 
+from tools.constants import ENV_KEY_RE, port_argument
 from tools.containers import (
-    ENV_KEY_RE,
     LABEL,
     LABEL_CHUTE,
     LABEL_MODULE,
@@ -52,20 +50,19 @@ from tools.containers import (
     require_image,
     secret_values,
 )
-from tools.errors import ServiceError, WrapperError, run_cli
-from tools.ports import port_number
+from tools import deploy_module
+from tools.errors import Interrupted, ServiceError, WrapperError, run_cli
 from tools.openapi import PROBE_PATHS, SpecError, convert_document, decode_document
 from tools.routes import (
     Manifest,
     Route,
-    coerce_routes,
     decide_public_path,
+    manifest_path,
     merge_routes,
     sdk_path_re,
     write_manifest,
 )
 
-ROOT = Path(__file__).resolve().parent.parent
 PROG = "discover_routes"
 ROLE = "discovery"
 
@@ -120,162 +117,34 @@ class ModuleSettings:
 
     @property
     def manifest_path(self) -> Path:
-        return self.path.with_name(f"{self.name}.routes.json")
+        return manifest_path(self.path)
 
 
 # --------------------------------------------------------------------------------------------------
 # Reading the deploy module
 
 
-def locate_module(arg: str) -> Path:
-    """`deploy_x`, `deploy_x.py` or a path: relative to the current directory, else beside deploy.sh."""
-    raw = Path(arg)
-    names = [raw] if raw.suffix == ".py" else [raw.with_name(raw.name + ".py"), raw]
-    for base in (Path.cwd(), ROOT):
-        for name in names:
-            candidate = name if name.is_absolute() else base / name
-            if candidate.is_file() and candidate.suffix == ".py":
-                return candidate.resolve()
-    raise WrapperError(f"no deploy module {arg!r} (looked in {Path.cwd()} and {ROOT})", "copy deploy_example.py to start one")
-
-
-def import_module_file(path: Path) -> tuple[ModuleType, str | None]:
-    """Import with CHUTES_SKIP_ROUTE_REGISTRATION=1; returns the module and what it raised, if anything.
-
-    A module may fail after its settings (registration options naming routes not yet discovered):
-    discovery needs only the settings, so such a failure is reported, not fatal.
-    """
-    name = path.stem
-    if not name.isidentifier():
-        raise WrapperError(f"{path.name} cannot be imported as a Python module", "name it like deploy_myservice.py")
-    for entry in (str(ROOT), str(path.parent)):
-        if entry not in sys.path:
-            sys.path.insert(0, entry)
-    spec = importlib.util.spec_from_file_location(name, path)
-    if spec is None or spec.loader is None:
-        raise WrapperError(f"cannot load {path}")
-    module = importlib.util.module_from_spec(spec)
-    previous_module = sys.modules.get(name)
-    previous_flag = os.environ.get("CHUTES_SKIP_ROUTE_REGISTRATION")
-    os.environ["CHUTES_SKIP_ROUTE_REGISTRATION"] = "1"
-    sys.modules[name] = module
-    problem = None
-    sink = _quiet_loguru()
-    try:
-        spec.loader.exec_module(module)
-    except SyntaxError as exc:
-        raise WrapperError(f"{path.name} line {exc.lineno}: {exc.msg}") from None
-    except KeyboardInterrupt:
-        raise
-    except BaseException as exc:  # user code: anything can happen at import
-        problem = f"{type(exc).__name__}: {exc}".splitlines()[0]
-    finally:
-        _restore_loguru(sink)
-        if previous_flag is None:
-            os.environ.pop("CHUTES_SKIP_ROUTE_REGISTRATION", None)
-        else:
-            os.environ["CHUTES_SKIP_ROUTE_REGISTRATION"] = previous_flag
-        if previous_module is None:
-            sys.modules.pop(name, None)
-        else:
-            sys.modules[name] = previous_module
-    return module, problem
-
-
-def _quiet_loguru() -> Any:
-    try:
-        from loguru import logger
-    except ImportError:
-        return None
-    logger.remove()
-    return logger.add(sys.stderr, level="WARNING", format="{message}")
-
-
-def _restore_loguru(sink: Any) -> None:
-    if sink is None:
-        return
-    from loguru import logger
-
-    logger.remove(sink)
-    logger.add(sys.stderr)
-
-
 def read_module(arg: str, need_image: bool = True, need_ports: bool = True) -> ModuleSettings:
-    """The settings of a deploy module, each checked; one-line errors name the module and the variable."""
-    path = locate_module(arg)
-    module, problem = import_module_file(path)
-    values = vars(module)
-    where = path.name
+    """The settings of a deploy module, each checked; one-line errors name the module and the variable.
 
-    def missing(var: str, hint: str) -> WrapperError:
-        if problem:
-            return WrapperError(f"{where} failed before defining {var}: {problem}")
-        return WrapperError(f"{where} has no {var}", hint)
-
-    image = values.get("CHUTE_BASE_IMAGE")
-    if need_image and (not isinstance(image, str) or not image.strip()):
-        raise missing("CHUTE_BASE_IMAGE", "set CHUTE_BASE_IMAGE = 'registry/image:tag', the image to run")
-    ports = _ports(values.get("SERVICE_PORTS"), where)
-    if need_ports and not ports:
-        raise missing("SERVICE_PORTS", "set SERVICE_PORTS = [<port the service listens on>]")
-    static = values.get("CHUTE_STATIC_ROUTES") or []
-    if not isinstance(static, (list, tuple)):
-        raise WrapperError(f"{where}: CHUTE_STATIC_ROUTES must be a list of routes")
+    Imported with route registration skipped (tools.deploy_module): a module may fail after its
+    settings (overrides naming routes not yet discovered), which is kept, not fatal."""
+    module = deploy_module.load(arg, settings_only=True)
+    base_image = module.base_image if need_image else None
+    if not need_image:
+        image = module.get("CHUTE_BASE_IMAGE")
+        base_image = image.strip() if isinstance(image, str) and image.strip() else None
     return ModuleSettings(
-        name=path.stem,
-        path=path,
-        chute_name=str(values.get("CHUTE_NAME") or path.stem),
-        base_image=image.strip() if isinstance(image, str) else None,
-        ports=ports,
-        env=_env(values.get("CHUTE_ENV"), where),
-        static_routes=coerce_routes(static, f"{where}: CHUTE_STATIC_ROUTES"),
-        entrypoint=_entrypoint(values.get("ENTRYPOINT"), where),
-        import_problem=problem,
+        name=module.name,
+        path=module.path,
+        chute_name=module.chute_name,
+        base_image=base_image,
+        ports=module.ports(required=need_ports),
+        env=module.env,
+        static_routes=module.static_routes,
+        entrypoint=module.entrypoint,
+        import_problem=module.import_problem,
     )
-
-
-def _ports(value: Any, where: str) -> list[int]:
-    if value is None:
-        return []
-    if isinstance(value, int) and not isinstance(value, bool):
-        value = [value]
-    if not isinstance(value, (list, tuple)):
-        raise WrapperError(f"{where}: SERVICE_PORTS must be a list of port numbers, got {type(value).__name__}")
-    ports = []
-    for item in value:
-        if isinstance(item, bool) or not isinstance(item, (int, str)) or not str(item).isdigit() or not 1 <= int(item) <= 65535:
-            raise WrapperError(f"{where}: SERVICE_PORTS entry {item!r} is not a port number 1-65535")
-        if int(item) not in ports:
-            ports.append(int(item))
-    return ports
-
-
-def _env(value: Any, where: str) -> dict[str, str]:
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise WrapperError(f"{where}: CHUTE_ENV must be a dict of NAME: value")
-    env = {}
-    for key, item in value.items():
-        if not isinstance(key, str) or not isinstance(item, (str, int, float, bool)):
-            raise WrapperError(f"{where}: CHUTE_ENV[{key!r}] must be a string (or number)")
-        env[key] = str(item)
-    return env
-
-
-def _entrypoint(value: Any, where: str) -> list[str] | None:
-    if value is None:
-        return None
-    if isinstance(value, str):
-        try:
-            words = shlex.split(value)
-        except ValueError as exc:
-            raise WrapperError(f"{where}: ENTRYPOINT cannot be split like a shell would: {exc}") from None
-    elif isinstance(value, (list, tuple)) and all(isinstance(item, (str, int, float)) for item in value):
-        words = [str(item) for item in value]
-    else:
-        raise WrapperError(f"{where}: ENTRYPOINT must be a string or a list of strings")
-    return words or None
 
 
 def parse_docker_env(items: Sequence[str], environ: dict[str, str] | None = None) -> dict[str, str]:
@@ -563,12 +432,6 @@ class Display:
     def close(self) -> None:
         with self.lock:
             self.drawn = 0
-
-
-class Interrupted(Exception):
-    def __init__(self, signum: int):
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
 
 
 class SignalGuard:
@@ -940,7 +803,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("module", nargs="?", help="deploy module (same as --chute-file)")
     p.add_argument("--chute-file", help="deploy module (deploy_x, deploy_x.py or a path): runs its CHUTE_BASE_IMAGE")
     p.add_argument("--base-url", help="probe a running service instead of starting a container")
-    p.add_argument("--port", type=port_number, action="append", default=[], help="service port to probe (repeatable)")
+    p.add_argument("--port", type=port_argument, action="append", default=[], help="service port to probe (repeatable)")
     p.add_argument("--startup-delay", type=_seconds, help="longest wait, in seconds, for the service to start answering "
                    f"(an upper bound, not a sleep; default {DEFAULT_STARTUP_DELAY:g}, {URL_STARTUP_DELAY:g} with --base-url)")
     p.add_argument("--probe-timeout", type=_seconds, help="then longest wait per port for its spec while it "

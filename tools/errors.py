@@ -1,7 +1,24 @@
-"""The one exception family for problems a user can fix, and the CLI edge that prints them."""
+"""Every exception of chutes-wrappers, and the CLI edge that prints them.
+
+The family (all but the last two say what is wrong and, in `hint`, how to fix it)::
+
+    WrapperError            something the user can fix; caught once by `run_cli`, printed as one line
+    ├── ManifestError       a route manifest, static routes or route overrides are malformed
+    ├── ServiceError        the wrapped service did not start, exited, or did not answer in time
+    ├── SpecError           a service's OpenAPI document cannot be used
+    ├── EngineError         the container engine is missing, not running, or refused a request
+    ├── APIError            the Chutes API refused or failed a request (`status`: its HTTP status)
+    └── ImageConfigError    an argument of build_wrapper_image cannot go into a Dockerfile
+    BadRequest              a caller's JSON cannot become the upstream request (a cord answers 400)
+    Interrupted             SIGINT/SIGTERM arrived during work that finishes its cleanup first
+
+`BadRequest` is not a WrapperError: it is the caller's mistake, answered over HTTP, never printed.
+`Interrupted` ends a CLI like Ctrl-C does (exit 130).
+"""
 
 from __future__ import annotations
 
+import signal
 import sys
 from typing import Callable, NoReturn
 
@@ -19,22 +36,50 @@ class WrapperError(Exception):
 
 
 class ManifestError(WrapperError):
-    """A route manifest (file, env var or static routes) is malformed."""
+    """A route manifest (file, env var, static routes or overrides) is malformed."""
 
 
 class ServiceError(WrapperError):
     """A wrapped service did not start, exited, or did not answer in time."""
 
 
-def fail(message: str, hint: str | None = None) -> NoReturn:
-    raise WrapperError(message, hint)
+class SpecError(WrapperError):
+    """A service's OpenAPI document cannot be used (invalid JSON/YAML, no paths, unknown version)."""
+
+
+class EngineError(WrapperError):
+    """The container engine is missing, not running, or refused what we asked."""
+
+
+class APIError(WrapperError):
+    """The Chutes API refused or failed a request."""
+
+    def __init__(self, message: str, hint: str | None = None, status: int | None = None):
+        super().__init__(message, hint)
+        self.status = status
+
+
+class ImageConfigError(WrapperError, ValueError):
+    """An argument of build_wrapper_image cannot go into a Dockerfile (bad env key/value, package...)."""
+
+
+class BadRequest(Exception):
+    """The caller's JSON cannot be turned into the upstream request: the cord answers 400."""
+
+
+class Interrupted(Exception):
+    """A signal arrived while work that must finish its cleanup was running."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
 
 
 def run_cli(main: Callable[[], int | None], debug: bool = False, prog: str = "chutes-wrappers") -> NoReturn:
     """Run a CLI `main`, turning WrapperError into one line on stderr and exit 1.
 
     Tracebacks are shown only with debug=True (the CLIs pass their --debug flag).
-    KeyboardInterrupt exits 130 without a traceback.
+    KeyboardInterrupt and Interrupted exit 130 without a traceback.
     """
     try:
         code = main()
@@ -43,7 +88,7 @@ def run_cli(main: Callable[[], int | None], debug: bool = False, prog: str = "ch
             raise
         print(f"{prog}: error: {exc}", file=sys.stderr)
         sys.exit(1)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Interrupted):
         print(f"{prog}: interrupted", file=sys.stderr)
         sys.exit(130)
     sys.exit(code or 0)

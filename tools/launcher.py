@@ -13,12 +13,16 @@ import collections
 import os
 import shlex
 import signal
+import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Mapping, Sequence
+from typing import TYPE_CHECKING, Iterable, Mapping, Sequence
 
 from loguru import logger
 
+from tools import sdk
+from tools.constants import APP_DIR, DEFAULT_SERVICE_TIMEOUT, SERVICE_EXTERNAL_ENV, env_flag
 from tools.errors import ServiceError, WrapperError
+from tools.processes import KILL_GRACE, stop_group
 from tools.wrapper_image import BASE_ENV_FILE, VENV_DIR
 
 if TYPE_CHECKING:
@@ -27,8 +31,6 @@ if TYPE_CHECKING:
 # The wrapper image records the base image's PATH, PYTHONPATH and WORKDIR in BASE_ENV_FILE; the
 # chute's own virtualenv (VENV_DIR) must not reach the service (it would shadow the base's packages).
 
-# Set by `deploy.sh --run`: the service already runs on the host, so the chute only waits for it.
-EXTERNAL_ENV = "CHUTES_SERVICE_EXTERNAL"
 
 
 def split_command(command: str | Sequence[str]) -> list[str]:
@@ -74,12 +76,76 @@ def service_environment(extra: Mapping[str, str] | None = None, base: Mapping[st
     # PYTHONPATH=/app[:base] is set for the chute module; the service gets the base image's own.
     if "PYTHONPATH" in base:
         env["PYTHONPATH"] = base["PYTHONPATH"]
-    elif env.get("PYTHONPATH") == "/app":
+    elif env.get("PYTHONPATH") == APP_DIR:
         env.pop("PYTHONPATH")
     if not env.get("PYTHONPATH"):
         env.pop("PYTHONPATH", None)
     env.update({str(k): str(v) for k, v in (extra or {}).items()})
     return env
+
+
+# --------------------------------------------------------------------------------------------------
+# Readiness
+
+
+async def port_open(host: str, port: int, timeout: float) -> str | None:
+    """None when a TCP connection to host:port succeeds, else why not."""
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+    except asyncio.TimeoutError:
+        return f"port {port}: no answer within {timeout:g}s"
+    except OSError as exc:
+        return f"port {port}: {exc.strerror or exc}"
+    writer.close()
+    try:
+        await writer.wait_closed()
+    except OSError:
+        pass
+    return None
+
+
+async def wait_for_services(
+    ports: Iterable[int],
+    timeout: float = DEFAULT_SERVICE_TIMEOUT,
+    *,
+    host: str = "127.0.0.1",
+    interval: float = 0.2,
+    launcher: ServiceLauncher | None = None,
+) -> None:
+    """Wait until every port accepts connections, all ports at once.
+
+    Raises ServiceError naming the ports still closed at the deadline, or at once (with the
+    service's last output) when `launcher`'s process exits while we wait.
+    """
+    pending = list(dict.fromkeys(int(port) for port in ports))
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while pending:
+        results = await asyncio.gather(*(port_open(host, port, 1.0) for port in pending))
+        pending = [port for port, error in zip(pending, results) if error]
+        if not pending:
+            break
+        if launcher is not None:
+            launcher.check_alive()
+        if loop.time() >= deadline:
+            names = ", ".join(str(port) for port in pending)
+            raise ServiceError(
+                f"service port(s) {names} not accepting connections after {timeout:g}s",
+                "check the service's log above, or raise the timeout",
+            )
+        await asyncio.sleep(min(interval, max(0.0, deadline - loop.time())))
+    logger.info(f"services ready on port(s) {', '.join(str(int(p)) for p in ports)}")
+
+
+async def probe_services(ports: Iterable[int], timeout: float = 5, *, host: str = "127.0.0.1") -> list[str]:
+    """Check every port concurrently; returns one error string per port that does not answer."""
+    ports = list(dict.fromkeys(int(port) for port in ports))
+    results = await asyncio.gather(*(port_open(host, port, timeout) for port in ports))
+    return [error for error in results if error]
+
+
+# --------------------------------------------------------------------------------------------------
+# The service process
 
 
 def _die_with_parent() -> None:
@@ -164,16 +230,18 @@ class ServiceLauncher:
         if proc is None:
             return
         if proc.returncode is None:
-            for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
-                try:
-                    os.killpg(proc.pid, sig)
-                except ProcessLookupError:
-                    break
-                try:
-                    await asyncio.wait_for(proc.wait(), wait)
-                    break
-                except asyncio.TimeoutError:
-                    continue
+            def exited_within(seconds: float) -> bool:
+                # the event loop sets returncode while this runs in a worker thread
+                deadline = time.monotonic() + seconds
+                while proc.returncode is None and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                return proc.returncode is not None
+
+            await asyncio.to_thread(stop_group, proc.pid, exited_within, timeout)
+            try:
+                await asyncio.wait_for(proc.wait(), KILL_GRACE)
+            except asyncio.TimeoutError:
+                pass
         if self._reader is not None:
             try:
                 await asyncio.wait_for(self._reader, 2.0)
@@ -202,7 +270,7 @@ def attach_service(
     entrypoint: str | Sequence[str] | None,
     ports: Sequence[int],
     *,
-    timeout: float = 600,
+    timeout: float = DEFAULT_SERVICE_TIMEOUT,
     env: Mapping[str, str] | None = None,
     cwd: str | os.PathLike | None = None,
 ) -> ServiceLauncher | None:
@@ -211,9 +279,7 @@ def attach_service(
     With no entrypoint, or with CHUTES_SERVICE_EXTERNAL=1 (the service is started by someone else,
     as `deploy.sh --run` does on the host), the chute only waits for the ports.
     """
-    from tools.chute_wrappers import wait_for_services
-
-    external = os.environ.get(EXTERNAL_ENV, "").strip().lower() in {"1", "true", "yes"}
+    external = env_flag(SERVICE_EXTERNAL_ENV)
     launcher = None if (entrypoint is None or external) else ServiceLauncher(entrypoint, env=env, cwd=cwd)
 
     @chute.on_startup(priority=10)
@@ -232,7 +298,6 @@ def attach_service(
         if launcher is not None:
             await launcher.stop()
 
-    # chutes 0.6.9 never runs `on_shutdown` hooks; the ASGI app's shutdown event does run.
-    chute.router.on_shutdown.append(stop_wrapped_service)
+    sdk.on_shutdown(chute, stop_wrapped_service)
 
     return launcher

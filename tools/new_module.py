@@ -21,9 +21,9 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
+from tools.constants import port_argument
 from tools.containers import ImageConfig, detect_engine, inspect_image
-from tools.errors import WrapperError, run_cli
-from tools.ports import port_number
+from tools.errors import Interrupted, WrapperError, run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = ROOT / "deploy_example.py"
@@ -276,7 +276,7 @@ def run(args: argparse.Namespace) -> int:
     display = discover_routes.Display()
     try:
         result = discover_routes.discover(config, display)
-    except discover_routes.Interrupted as exc:
+    except Interrupted as exc:
         display.message(f"discovery interrupted by {exc}; the module is written, run discovery later")
         return 128 + exc.signum
     display.message(discover_routes.summary(result))
@@ -287,7 +287,7 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="new_module", description=__doc__.split("\n\n")[0])
     p.add_argument("name", help="chute name: lowercase letters, digits, '-' and '_'")
     p.add_argument("--image", required=True, help="a local image (never pulled)")
-    p.add_argument("--port", type=port_number, action="append", default=[], help="service port, when the image exposes none")
+    p.add_argument("--port", type=port_argument, action="append", default=[], help="service port, when the image exposes none")
     p.add_argument("--dir", help="where to write the module (default: beside deploy.sh)")
     p.add_argument("--yes", action="store_true", help="run discovery without asking")
     p.add_argument("--no-discover", action="store_true", help="do not offer discovery")

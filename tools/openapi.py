@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator, Mapping
 from urllib.parse import unquote, urlparse
 
-from tools.errors import WrapperError
+from tools.errors import SpecError
 from tools.routes import Route, decide_public_path
 
 # Where services publish their document, in the order we prefer them.
@@ -27,10 +27,6 @@ EXAMPLE_TEXT = "Hello from chutes-wrappers"
 _TEXT_FIELD_NAMES = {"text", "prompt", "input", "message", "query", "content", "question", "sentence"}
 _MAX_DEPTH = 8
 _PARAM_RE = re.compile(r"\{([^{}/]*)\}")
-
-
-class SpecError(WrapperError):
-    """A service's OpenAPI document cannot be used (invalid JSON/YAML, no paths, unknown version)."""
 
 
 @dataclass

@@ -21,7 +21,7 @@ import json
 import mimetypes
 import re
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, AsyncIterator, Mapping
+from typing import Any, AsyncIterator, Callable
 from urllib.parse import quote
 
 import aiohttp
@@ -29,12 +29,11 @@ from loguru import logger
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
+from tools import sdk
+from tools.errors import BadRequest
+from tools.registration import Target
 from tools.routes import Route
 
-if TYPE_CHECKING:
-    from chutes.chute import Chute
-
-DEFAULT_TIMEOUT = 600.0
 SMALL_BODY = 1 << 20  # answers up to this size are read whole; larger ones are streamed
 CHUNK = 1 << 16
 MAX_PROXY_PATH = 2048
@@ -63,57 +62,6 @@ def extension_for(content_type: str | None) -> str:
     """A file extension for a content type ('' when unknown)."""
     bare = (content_type or "").split(";", 1)[0].strip().lower()
     return _EXTENSIONS.get(bare) or mimetypes.guess_extension(bare) or ""
-
-
-class BadRequest(Exception):
-    """The caller's JSON cannot be turned into the upstream request."""
-
-
-@dataclass(frozen=True)
-class RouteOptions:
-    """A module's per-route override (CHUTE_ROUTE_OVERRIDES)."""
-
-    mode: str = "auto"  # auto | passthrough | proxy
-    timeout: float | None = None
-    file_fields: Mapping[str, str | None] = field(default_factory=dict)  # field -> content type
-
-    @classmethod
-    def parse(cls, key: str, raw: Mapping[str, Any]) -> "RouteOptions":
-        from tools.errors import ManifestError
-
-        where = f"CHUTE_ROUTE_OVERRIDES[{key!r}]"
-        if not isinstance(raw, Mapping):
-            raise ManifestError(f"{where}: expected an object")
-        unknown = set(raw) - {"mode", "timeout", "file_fields"}
-        if unknown:
-            raise ManifestError(f"{where}: unknown key(s) {', '.join(sorted(unknown))} (mode, timeout, file_fields)")
-        mode = raw.get("mode", "auto")
-        if mode not in ("auto", "passthrough", "proxy"):
-            raise ManifestError(f"{where}: key 'mode' must be auto, passthrough or proxy, got {mode!r}")
-        timeout = raw.get("timeout")
-        if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0):
-            raise ManifestError(f"{where}: key 'timeout' must be a positive number of seconds, got {timeout!r}")
-        files = raw.get("file_fields") or {}
-        if isinstance(files, (list, tuple)):
-            files = {name: None for name in files}
-        if not isinstance(files, Mapping) or not all(isinstance(k, str) for k in files):
-            raise ManifestError(f"{where}: key 'file_fields' must be a list of names or {{name: content_type}}")
-        return cls(mode=mode, timeout=float(timeout) if timeout else None, file_fields=dict(files))
-
-
-@dataclass(frozen=True)
-class Target:
-    """Where and how one proxy cord forwards."""
-
-    route: Route
-    port: int
-    timeout: float = DEFAULT_TIMEOUT
-    file_fields: Mapping[str, str | None] = field(default_factory=dict)
-    upstream_error_status: int | None = 502
-
-    @property
-    def all_file_fields(self) -> set[str]:
-        return set(self.route.file_fields) | set(self.file_fields)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -146,15 +94,6 @@ class UpstreamPool:
             await session.close()
 
 
-def pool_for(chute: "Chute") -> UpstreamPool:
-    pool = getattr(chute, "wrapper_pool", None)
-    if pool is None:
-        pool = UpstreamPool()
-        chute.wrapper_pool = pool
-        chute.router.on_shutdown.append(pool.close)
-    return pool
-
-
 # --------------------------------------------------------------------------------------------------
 # Caller JSON -> upstream request
 
@@ -182,6 +121,14 @@ def _param_values(key: str, value: Any) -> list[tuple[str, str]]:
     return [(key, str(value))]
 
 
+def header_value(field: str, value: Any) -> Any:
+    """A caller's value that becomes part of an upstream header (a content type, a file name): CR, LF
+    or NUL in it would split or end the header, so the caller gets a 400 naming the field."""
+    if isinstance(value, str) and any(ch in value for ch in "\r\n\0"):
+        raise BadRequest(f"{field}: must not contain CR, LF or NUL")
+    return value
+
+
 def _sniff(data: bytes) -> str:
     for magic, content_type in _MAGIC:
         if data.startswith(magic):
@@ -195,7 +142,7 @@ def _decode_file(key: str, value: Any) -> tuple[bytes, str | None]:
     match = _DATA_URL_RE.match(value)
     content_type = None
     if match:
-        content_type = match.group(1) or None
+        content_type = header_value(f"{key} (its data: URL's media type)", match.group(1)) or None
         value = match.group(3)
         if not (match.group(2) or "").endswith("base64"):
             from urllib.parse import unquote_to_bytes
@@ -243,7 +190,7 @@ def build_outgoing(target: Target, payload: Any, caller_query: list[tuple[str, s
 def _raw_body(route: Route, body: dict) -> tuple[bytes, str]:
     """A raw request body from `body_base64` (base64 or a data: URL) or `body` (a data: URL or text),
     with `content_type` or the data URL's or the manifest's type; removes those keys from `body`."""
-    content_type = body.pop(RAW_TYPE_KEY, None)
+    content_type = header_value(RAW_TYPE_KEY, body.pop(RAW_TYPE_KEY, None))
     if content_type is not None and not isinstance(content_type, str):
         raise BadRequest(f"{RAW_TYPE_KEY}: expected a string like audio/wav")
     if RAW_BASE64_KEY in body:
@@ -289,8 +236,9 @@ def _form_data(target: Target, body: dict, force_multipart: bool) -> aiohttp.For
     for key, value in fields.items():
         form.add_field(key, _field_text(value))
     for name, (data, data_url_type) in files.items():
-        content_type = body.get(f"{name}_content_type") or target.file_fields.get(name) or data_url_type or _sniff(data)
-        filename = body.get(f"{name}_filename") or name + extension_for(str(content_type))
+        content_type = (header_value(f"{name}_content_type", body.get(f"{name}_content_type"))
+                        or target.file_fields.get(name) or data_url_type or _sniff(data))
+        filename = header_value(f"{name}_filename", body.get(f"{name}_filename")) or name + extension_for(str(content_type))
         form.add_field(name, data, filename=str(filename), content_type=str(content_type))
     return form
 
@@ -303,31 +251,147 @@ def _field_text(value: Any) -> str:
 
 # --------------------------------------------------------------------------------------------------
 # Upstream answer -> caller
+#
+# What a caller may receive, wherever the chute runs (README, "The platform's contract"):
+# - a 2xx answer with the service's content type, body and headers (less hop-by-hop ones);
+# - the service's 4xx as 400 (429 stays 429): the Chutes gateway passes a miner's 400 and 429 to the
+#   caller and counts every other status >= 400 as an instance failure (chutes-api api/chute/util.py
+#   `_invoke_one`), and a caller's mistake must never fail an instance;
+# - the service's 5xx as `upstream_error_status` (502; None keeps the service's status);
+# - 503 (service not answering), 504 (no answer in time), 502 (broke off, malformed answer).
+# Error bodies are JSON: the service's own JSON object (an OpenAI client still finds its "error"),
+# plus "detail", "upstream_status" and "upstream_body".
+
+ERROR_BODY_LIMIT = 1 << 16
+SSE_ERROR_EVENT = "event: error\ndata: {}\n\n"  # the last event of an SSE answer the service broke off
+# Not forwarded: hop-by-hop headers (RFC 9110 §7.6.1), what the chute's server sets itself (one
+# `date` and one `server`, the chute's: hypercorn adds both), and what aiohttp already undid.
+_DROP_HEADERS = _HOP_HEADERS | {"proxy-connection", "date", "server"}
+_TEXT_TYPES = ("text/", "application/json", "application/x-ndjson", "application/jsonl", "application/xml",
+               "application/javascript", "application/stream+json", "application/problem+json")
 
 
-def _error(status: int, detail: str, **extra: Any) -> JSONResponse:
-    headers = {"Retry-After": RETRY_AFTER_SECONDS} if status == 503 else None
-    return JSONResponse({"detail": detail, **extra}, status_code=status, headers=headers)
+class UpstreamBroke(Exception):
+    """The service's answer ended abnormally after the caller's answer had started."""
 
 
-def _response_headers(upstream: aiohttp.ClientResponse) -> dict[str, str]:
-    headers = {k: v for k, v in upstream.headers.items() if k.lower() not in _HOP_HEADERS}
-    if upstream.headers.get("Content-Encoding"):
-        headers["Content-Encoding"] = upstream.headers["Content-Encoding"]
-    return headers
+def _error(status: int, detail: str, headers: dict[str, str] | None = None, **extra: Any) -> JSONResponse:
+    headers = dict(headers or {})
+    if status == 503:
+        headers.setdefault("Retry-After", RETRY_AFTER_SECONDS)
+    return JSONResponse({"detail": detail, **extra}, status_code=status, headers=headers or None)
 
 
-async def _iterate(upstream: aiohttp.ClientResponse, encrypt=None) -> AsyncIterator[bytes]:
+def _is_text(content_type: str) -> bool:
+    bare = content_type.split(";", 1)[0].strip().lower()
+    return bare.startswith(_TEXT_TYPES) or bare.endswith("+json") or bare.endswith("+xml")
+
+
+def _answer_headers(upstream: aiohttp.ClientResponse) -> list[tuple[bytes, bytes]]:
+    """The service's headers for the caller, repeated ones kept repeated (two Set-Cookie stay two)."""
+    named = {
+        token.strip().lower()
+        for value in upstream.headers.getall("Connection", [])
+        for token in value.split(",")
+        if token.strip()
+    }
+    return [
+        (name.lower().encode("latin-1"), value.encode("latin-1"))
+        for name, value in upstream.headers.items()
+        if name.lower() not in _DROP_HEADERS and name.lower() not in named
+    ] + ([(b"content-encoding", upstream.headers["Content-Encoding"].encode("latin-1"))]
+         if upstream.headers.get("Content-Encoding") else [])
+
+
+def _with_headers(response: Response, headers: list[tuple[bytes, bytes]]) -> Response:
+    taken = {name for name, _ in response.raw_headers if name in (b"content-length", b"content-type")}
+    response.raw_headers.extend((name, value) for name, value in headers if name not in taken)
+    return response
+
+
+async def _upstream_error(upstream: aiohttp.ClientResponse, target: Target, path: str) -> JSONResponse:
+    status = upstream.status
+    try:
+        raw = await upstream.content.read(ERROR_BODY_LIMIT)
+    except (aiohttp.ClientError, asyncio.TimeoutError):
+        raw = b""
+    finally:
+        upstream.release()
+    text = raw.decode("utf-8", "replace")
+    try:
+        parsed = json.loads(text) if text.strip() else None
+    except ValueError:
+        parsed = None
+    if status == 429:
+        answer = 429
+    elif status < 500:
+        answer = 400
+    else:
+        answer = target.upstream_error_status or status
+    content = dict(parsed) if isinstance(parsed, dict) else {}
+    content.setdefault("detail", f"the service answered {status} to {target.route.method} {path}")
+    content["upstream_status"] = status
+    content["upstream_body"] = parsed if parsed is not None else text
+    headers = {"Retry-After": upstream.headers["Retry-After"]} if "Retry-After" in upstream.headers else None
+    return _error(answer, content.pop("detail"), headers=headers, **content)
+
+
+async def _chunks(upstream: aiohttp.ClientResponse, sse: bool, timeout_note: str) -> AsyncIterator[bytes]:
+    """The service's body as it comes; a break-off ends the caller's answer abnormally (after a final
+    `event: error` on SSE answers), so a cut stream never looks complete."""
     try:
         async for chunk in upstream.content.iter_any():
-            yield (encrypt(chunk) + "\n").encode() if encrypt else chunk
+            yield chunk
+    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        reason = timeout_note if isinstance(exc, asyncio.TimeoutError) else "the service broke off its answer"
+        logger.warning(f"{reason}: {type(exc).__name__}")
+        if sse:
+            yield SSE_ERROR_EVENT.format(json.dumps({"detail": reason})).encode()
+        raise UpstreamBroke(reason) from None
     finally:
         upstream.release()
 
 
-async def forward(pool: UpstreamPool, target: Target, outgoing: Outgoing, encrypt=None) -> Response | dict:
-    """Send one request upstream and shape the answer; never raises to the caller."""
+async def _lines(chunks: AsyncIterator[bytes], text: bool, encrypt: Callable[[Any], str]) -> AsyncIterator[bytes]:
+    """Encrypted lines for the gateway, which decrypts each line and decodes it as UTF-8
+    (chutes-api api/chute/util.py `_invoke_one`): text is cut only between whole characters; a binary
+    answer goes as base64 text, cut at multiples of 3 bytes, so the caller can decode it whole."""
+    pending = b""
+    async for chunk in chunks:
+        pending += chunk
+        if text:
+            cut = len(pending)
+            # back up over an incomplete UTF-8 sequence at the end (at most 3 bytes)
+            for back in range(1, min(4, len(pending)) + 1):
+                byte = pending[-back]
+                if byte & 0xC0 != 0x80:  # a lead byte (or ASCII): is its sequence complete?
+                    need = 1 if byte < 0x80 else 2 if byte >> 5 == 0b110 else 3 if byte >> 4 == 0b1110 else 4
+                    cut = len(pending) - back if need > back else len(pending)
+                    break
+            piece, pending = pending[:cut], pending[cut:]
+            if piece:
+                yield (encrypt(piece.decode("utf-8", "replace")) + "\n").encode()
+        else:
+            cut = len(pending) - len(pending) % 3
+            piece, pending = pending[:cut], pending[cut:]
+            if piece:
+                yield (encrypt(base64.b64encode(piece).decode()) + "\n").encode()
+    if pending:
+        tail = pending.decode("utf-8", "replace") if text else base64.b64encode(pending).decode()
+        yield (encrypt(tail) + "\n").encode()
+
+
+async def _read_whole(upstream: aiohttp.ClientResponse) -> bytes:
+    try:
+        return await upstream.read()
+    finally:
+        upstream.release()
+
+
+async def forward(pool: UpstreamPool, target: Target, outgoing: Outgoing, call: "sdk.Call | None" = None) -> Response | dict:
+    """Send one request upstream and shape the answer for the caller; never raises to the caller."""
     route = target.route
+    encrypt = call.encrypt if call else None
     url = f"http://127.0.0.1:{target.port}{outgoing.path}"
     kwargs: dict[str, Any] = {"params": outgoing.params or None, "allow_redirects": False}
     if outgoing.has_json:
@@ -337,91 +401,74 @@ async def forward(pool: UpstreamPool, target: Target, outgoing: Outgoing, encryp
     if outgoing.headers:
         kwargs["headers"] = outgoing.headers
     kwargs["timeout"] = aiohttp.ClientTimeout(total=target.timeout, connect=5.0)
+    where = f"{route.method} {outgoing.path}"
+    too_slow = f"the service did not answer {where} within {target.timeout:g}s"
     try:
         upstream = await pool.session().request(outgoing.method, url, **kwargs)
     except asyncio.TimeoutError:
-        return _error(504, f"the service did not answer {route.method} {outgoing.path} within {target.timeout:g}s")
-    except (aiohttp.ClientConnectionError, OSError) as exc:
-        logger.warning(f"{route.method} {outgoing.path} on port {target.port}: {type(exc).__name__}: {exc}")
+        return _error(504, too_slow)
+    except aiohttp.ClientConnectorError as exc:
+        logger.warning(f"{where} on port {target.port}: {type(exc).__name__}: {exc}")
         return _error(503, f"the service on port {target.port} is not answering (still starting, or stopped)")
+    except aiohttp.ClientResponseError as exc:
+        logger.warning(f"{where} on port {target.port}: malformed answer: {exc.message}")
+        return _error(502, f"the service sent a malformed answer to {where}: {exc.message}")
+    except (aiohttp.ClientError, OSError) as exc:
+        logger.warning(f"{where} on port {target.port}: {type(exc).__name__}: {exc}")
+        return _error(502, f"the service closed the connection while answering {where}")
 
     status = upstream.status
+    if status >= 400:
+        return await _upstream_error(upstream, target, outgoing.path)
     content_type = upstream.headers.get("Content-Type", "")
-    if status >= 500 and target.upstream_error_status is not None:
-        body = await _read_limited(upstream, 4096)
-        return _error(
-            target.upstream_error_status,
-            f"the service failed: {route.method} {outgoing.path} answered {status}",
-            upstream_status=status,
-            upstream_body=body.decode("utf-8", "replace"),
-        )
-    streaming = route.stream or content_type.startswith("text/event-stream") or (
-        upstream.content_length is None and upstream.headers.get("Transfer-Encoding", "").lower() == "chunked"
-    )
-    headers = _response_headers(upstream)
-    if encrypt is not None:  # the platform encrypts answers: whole bodies, or one line per chunk
-        if streaming:
-            return StreamingResponse(_iterate(upstream, encrypt), status_code=status)
+    sse = content_type.startswith("text/event-stream")
+    headers = _answer_headers(upstream)
+    chunked = upstream.content_length is None and status not in (204, 304) and outgoing.method != "HEAD"
+
+    if encrypt is not None and call is not None and call.stream:
+        # The gateway reads this call's answer as lines, whatever the service sent.
+        lines = _lines(_chunks(upstream, sse, too_slow), _is_text(content_type) or not content_type, encrypt)
+        return StreamingResponse(lines, status_code=status, media_type="text/event-stream" if sse else None)
+    if encrypt is not None or not (route.stream or sse or chunked or (upstream.content_length or 0) > SMALL_BODY):
+        # Whole: the gateway decodes one envelope; a chunked answer on a non-stream call is read whole.
         try:
-            raw = await upstream.read()
-        finally:
-            upstream.release()
-        if content_type.startswith("application/json") and status < 400:
+            raw = await _read_whole(upstream)
+        except asyncio.TimeoutError:
+            return _error(504, too_slow)
+        except aiohttp.ClientError as exc:
+            logger.warning(f"{where}: {type(exc).__name__}: {exc}")
+            return _error(502, f"the service broke off its answer to {where}")
+        if encrypt is None:
+            return _with_headers(Response(raw, status_code=status), headers)
+        if content_type.startswith("application/json") and raw.strip():
             return {"json": encrypt(raw)}
-        return {"type": "Response", "status_code": status, "headers": headers,
+        return {"type": "Response", "status_code": status,
+                "headers": {name.decode(): value.decode("latin-1") for name, value in headers},
                 "media_type": content_type or None, "body": encrypt(raw)}
-    if streaming or (upstream.content_length or 0) > SMALL_BODY:
-        if upstream.content_length is not None and not streaming:
-            headers["Content-Length"] = str(upstream.content_length)
-        return StreamingResponse(_iterate(upstream), status_code=status, headers=headers)
-    try:
-        raw = await upstream.read()
-    except (aiohttp.ClientError, asyncio.TimeoutError):
-        upstream.release()
-        return _error(502, f"the service broke off its answer to {route.method} {outgoing.path}")
-    finally:
-        upstream.release()
-    return Response(raw, status_code=status, headers=headers)
+    response = StreamingResponse(_chunks(upstream, sse, too_slow), status_code=status)
+    if upstream.content_length is not None and not (route.stream or sse):
+        response.raw_headers.append((b"content-length", str(upstream.content_length).encode()))
+    return _with_headers(response, headers)
 
 
-async def _read_limited(upstream: aiohttp.ClientResponse, limit: int) -> bytes:
-    try:
-        return await upstream.content.read(limit)
-    except (aiohttp.ClientError, asyncio.TimeoutError):
-        return b""
-    finally:
-        upstream.release()
+async def _prepare(target: Target, call: "sdk.Call", request: Request, path: str | None = None, payload: Any = None) -> Outgoing:
+    payload = call.payload if payload is None else payload
+    if int(request.headers.get("content-length") or 0) > OFFLOAD_BYTES:
+        # decoding megabytes of base64 would hold up every other call of the chute meanwhile
+        return await asyncio.to_thread(build_outgoing, target, payload, call.query, path)
+    return build_outgoing(target, payload, call.query, path)
 
 
-async def caller_payload(request: Request) -> Any:
-    """The caller's JSON: decoded by the platform's middleware for POST/PUT/PATCH, else read here."""
-    if request.method in ("POST", "PUT", "PATCH"):
-        return getattr(request.state, "decrypted", None)
-    raw = await request.body()
-    if not raw.strip():
-        return None
-    try:
-        return json.loads(raw)
-    except ValueError:
-        raise BadRequest("the request body is not JSON") from None
-
-
-def make_handler(chute: "Chute", target: Target):
-    """The ASGI handler that replaces the SDK's for one proxy cord."""
-    pool = pool_for(chute)
+def make_handler(pool: UpstreamPool, target: Target, stream: bool = False):
+    """The ASGI handler of one proxy cord (it replaces the SDK's)."""
 
     async def handle(request: Request):
         try:
-            payload = await caller_payload(request)
-            query = list(request.query_params.multi_items())
-            if int(request.headers.get("content-length") or 0) > OFFLOAD_BYTES:
-                # decoding megabytes of base64 would hold up every other call of the chute meanwhile
-                outgoing = await asyncio.to_thread(build_outgoing, target, payload, query)
-            else:
-                outgoing = build_outgoing(target, payload, query)
+            call = await sdk.incoming(request, cord_stream=stream)
+            outgoing = await _prepare(target, call, request)
         except BadRequest as exc:
             return _error(400, str(exc))
-        return await forward(pool, target, outgoing, getattr(request.state, "_encrypt", None))
+        return await forward(pool, target, outgoing, call)
 
     return handle
 
@@ -481,19 +528,22 @@ def match_template(templates: list[Template], method: str, path: str) -> tuple[T
     return None, allowed
 
 
-def make_catch_all_handler(chute: "Chute", templates: list[Template]):
-    pool = pool_for(chute)
+def make_catch_all_handler(pool: UpstreamPool, targets: list[Target]):
+    """The handler of the catch-all cord: {"method", "path", "query", "json" | "form" | "raw"}."""
+    templates = [Template.of(target) for target in targets]
 
     async def handle(request: Request):
         try:
-            payload = await caller_payload(request)
+            call = await sdk.incoming(request)
+            payload = call.payload
             if not isinstance(payload, dict):
                 raise BadRequest('expected {"method": "GET", "path": "/...", "query": {...}, "json" | "form" | "raw": {...}}')
             method = str(payload.get("method", "GET")).upper()
             path = check_proxy_path(payload.get("path"))
             template, allowed = match_template(templates, method, path)
             if template is None:
-                return _error(404, f"{method} {path} matches no route of this chute", allowed=allowed)
+                # the caller's mistake: 400, never a status the gateway counts against the instance
+                return _error(400, f"{method} {path} matches no route of this chute", allowed=allowed)
             inner = payload.get(CATCH_ALL_BODY_KEY.get(template.route.request_kind, "form"))
             if inner is None:
                 inner = {}
@@ -503,10 +553,10 @@ def make_catch_all_handler(chute: "Chute", templates: list[Template]):
                     inner["_query"] = payload["query"]
             elif payload.get("query") is not None:
                 raise BadRequest("query: only with an object body")
-            outgoing = build_outgoing(template.target, inner, [], path=quote(path, safe="/~.-_+=,:"))
+            call.query = []
+            outgoing = await _prepare(template.target, call, request, quote(path, safe="/~.-_+=,:"), inner)
         except BadRequest as exc:
             return _error(400, str(exc))
-        return await forward(pool, template.target, outgoing, getattr(request.state, "_encrypt", None))
+        return await forward(pool, template.target, outgoing, call)
 
     return handle
-

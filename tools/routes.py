@@ -9,11 +9,13 @@ from __future__ import annotations
 import functools
 import importlib.util
 import json
+import os
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from tools.constants import MANIFEST_ENV, MANIFEST_JSON_ENV, SKIP_REGISTRATION_ENV, env_flag
 from tools.errors import ManifestError
 
 MANIFEST_VERSION = 2
@@ -401,8 +403,57 @@ def coerce_routes(routes: Iterable[Route | Mapping], source: str = "routes") -> 
     return out
 
 
-def with_port(route: Route, port: int) -> Route:
-    return route if route.port is not None else replace(route, port=port)
+@dataclass(frozen=True)
+class ManifestChoice:
+    """Which manifest a module reads: the first of CHUTES_ROUTE_MANIFEST_JSON (inline),
+    CHUTES_ROUTE_MANIFEST (a file), an explicit path, `<module>.routes.json` beside the module."""
+
+    kind: str  # "inline" | "file" | "none"
+    path: Path | None = None
+    inline: str | None = None
+    reason: str = ""  # for "none": "skipped" (CHUTES_SKIP_ROUTE_REGISTRATION) or "absent"; else the source
+
+    def describe(self) -> str:
+        if self.kind == "inline":
+            return f"{MANIFEST_JSON_ENV} (inline)"
+        if self.kind == "file":
+            return f"{self.path}" + (f" ({self.reason})" if self.reason else "")
+        if self.reason == "skipped":
+            return f"none ({SKIP_REGISTRATION_ENV} is set)"
+        return f"none ({self.path.name if self.path else 'no module file'} not found: static routes only)"
+
+    def read(self) -> "Manifest | None":
+        if self.kind == "inline":
+            return parse_manifest(decode_json(self.inline or "", MANIFEST_JSON_ENV), MANIFEST_JSON_ENV)
+        if self.kind == "file":
+            return read_manifest_file(self.path)
+        return None
+
+
+def manifest_path(module_file: str | Path) -> Path:
+    """`<module>.routes.json` beside the module: where discovery writes and the module reads."""
+    module_file = Path(module_file)
+    return module_file.with_name(f"{module_file.stem}.routes.json")
+
+
+def choose_manifest(module_file: str | Path | None, explicit: str | Path | None = None) -> ManifestChoice:
+    """The one precedence rule for the manifest a module reads (load_route_manifest, --validate)."""
+    if env_flag(SKIP_REGISTRATION_ENV):
+        return ManifestChoice("none", reason="skipped")
+    inline = os.environ.get(MANIFEST_JSON_ENV, "").strip()
+    if inline:
+        return ManifestChoice("inline", inline=inline)
+    env_path = os.environ.get(MANIFEST_ENV, "").strip()
+    if env_path:
+        return ManifestChoice("file", Path(env_path), reason=MANIFEST_ENV)
+    if explicit:
+        return ManifestChoice("file", Path(explicit))
+    if module_file is None:
+        return ManifestChoice("none", reason="absent")
+    candidate = manifest_path(module_file)
+    if candidate.exists():
+        return ManifestChoice("file", candidate)
+    return ManifestChoice("none", candidate, reason="absent")
 
 
 def write_manifest(manifest: Manifest, path: str | Path) -> None:

@@ -13,6 +13,7 @@ import json
 import re
 import struct
 import sys
+import threading
 import time
 import wave
 import zlib
@@ -21,10 +22,11 @@ from dataclasses import dataclass
 import requests
 
 from tools.errors import run_cli
-from tools.ports import logging_port_for
 from tools.proxy import CATCH_ALL_BODY_KEY, RAW_BASE64_KEY, RAW_TEXT_KEY, RAW_TYPE_KEY
 from tools.routes import Route
-from tools.run_dev import Cord, add_stack_arguments, dev_stack
+from tools.cord_table import Cord
+from tools.processes import stop_on_signals
+from tools.run_dev import RunConfig, add_stack_arguments, check_chute_ports, dev_stack, stack_config
 
 
 @dataclass
@@ -163,8 +165,8 @@ def table(results: list[Result]) -> str:
     return "\n".join(line.rstrip() for line in lines)
 
 
-def smoke(args: argparse.Namespace) -> int:
-    with dev_stack(args, quiet=not args.verbose) as stack:
+def smoke(config: RunConfig, stop: threading.Event, call_timeout: float) -> int:
+    with dev_stack(config, stop) as stack:
         calls = plan(stack.base_url, stack.cords)
         results = []
         with requests.Session() as session:
@@ -172,7 +174,7 @@ def smoke(args: argparse.Namespace) -> int:
                 if stack.stop.is_set():
                     raise KeyboardInterrupt
                 stack.check()
-                results.append(execute(session, call, args.call_timeout))
+                results.append(execute(session, call, call_timeout))
     print(table(results))
     failed = [r for r in results if not r.ok]
     print(f"\n{len(results) - len(failed)} passed, {len(failed)} failed")
@@ -185,8 +187,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--call-timeout", type=float, default=120, help="seconds per call (default 120)")
     parser.add_argument("--verbose", action="store_true", help="show the service's and the chute's logs")
     args = parser.parse_args(argv)
-    args.logging_port = logging_port_for(parser, args.port, args.logging_port)
-    run_cli(lambda: smoke(args), debug=args.debug, prog="deploy.sh --smoke")
+    check_chute_ports(parser, args.port, args.logging_port)
+    config = stack_config(args, quiet=not args.verbose)
+
+    def go() -> int:
+        with stop_on_signals() as stop:
+            return smoke(config, stop, args.call_timeout)
+
+    run_cli(go, debug=config.debug, prog="deploy.sh --smoke")
 
 
 if __name__ == "__main__":

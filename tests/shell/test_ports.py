@@ -26,7 +26,7 @@ BAD_PORTS = [
     (["--run-docker", "deploy_example", "--port", "99999"], "--port needs a port number (1-65535), got '99999'"),
     (["--run-docker", "deploy_example", "--port", "65535"], "--port 65535: the chute's logging port would be 65536"),
     # --discover's options go to its tool, which checks them with the same rule
-    (["--discover", "deploy_example", "--port", "70000"], "argument --port: 70000 is not a port number (1-65535)"),
+    (["--discover", "deploy_example", "--port", "70000"], "argument --port: 70000 is outside 1-65535"),
 ]
 
 
@@ -55,18 +55,19 @@ def test_deploy_sh_accepts_the_highest_port_with_its_own_logging_port(tmp_path):
     assert result.returncode == 1 and "no Python environment" in result.stderr, result.stderr
 
 
+DERIVED = "--logging-port 65536 is outside 1-65535 (the logging port is --port + 1)"
 TOOL_CASES = [
-    ("run_dev", ["--port", "99999"], "argument --port: 99999 is not a port number (1-65535)"),
-    ("run_dev", ["--port", "0"], "argument --port: 0 is not a port number (1-65535)"),
-    ("run_dev", ["--port", "x"], "argument --port: expected a port number (1-65535), got 'x'"),
-    ("run_dev", ["--logging-port", "70000"], "argument --logging-port: 70000 is not a port number (1-65535)"),
-    ("run_dev", ["--port", "65535"], "--port 65535: the logging port would be 65536"),
-    ("smoke", ["--port", "99999"], "argument --port: 99999 is not a port number (1-65535)"),
-    ("smoke", ["--port", "65535"], "--port 65535: the logging port would be 65536"),
-    ("cli_run_docker", ["--port", "99999"], "argument --port: 99999 is not a port number (1-65535)"),
-    ("cli_run_docker", ["--port", "65535"], "--port 65535: the logging port would be 65536"),
-    ("discover_routes", ["--port", "99999"], "argument --port: 99999 is not a port number (1-65535)"),
-    ("new_module", ["--image", "x:1", "--port", "0"], "argument --port: 0 is not a port number (1-65535)"),
+    ("run_dev", ["--port", "99999"], "argument --port: 99999 is outside 1-65535"),
+    ("run_dev", ["--port", "0"], "argument --port: 0 is outside 1-65535"),
+    ("run_dev", ["--port", "x"], "argument --port: 'x' is not a port number (1-65535)"),
+    ("run_dev", ["--logging-port", "70000"], "argument --logging-port: 70000 is outside 1-65535"),
+    ("run_dev", ["--port", "65535"], DERIVED),
+    ("smoke", ["--port", "99999"], "argument --port: 99999 is outside 1-65535"),
+    ("smoke", ["--port", "65535"], DERIVED),
+    ("cli_run_docker", ["--port", "99999"], "argument --port: 99999 is outside 1-65535"),
+    ("cli_run_docker", ["--port", "65535"], DERIVED),
+    ("discover_routes", ["--port", "99999"], "argument --port: 99999 is outside 1-65535"),
+    ("new_module", ["--image", "x:1", "--port", "0"], "argument --port: 0 is outside 1-65535"),
 ]
 
 
@@ -80,12 +81,12 @@ def test_each_tool_rejects_a_port_outside_the_range_with_exit_2(tool, args, mess
     assert "starting" not in result.stdout
 
 
-def test_port_number_is_one_shared_argparse_type():
+def test_port_argument_is_one_shared_argparse_type():
     import argparse
 
-    from tools.ports import port_number
+    from tools.constants import port_argument
 
-    assert port_number("1") == 1 and port_number("65535") == 65535
+    assert port_argument("1") == 1 and port_argument("65535") == 65535
     for bad in ("0", "65536", "-1", "8000.0", "", "1e3"):
         with pytest.raises(argparse.ArgumentTypeError):
-            port_number(bad)
+            port_argument(bad)

@@ -138,7 +138,7 @@ def test_function_name_collisions_get_suffixes_and_given_names_are_used():
     assert names == ["wrap_post_a_b", "wrap_post_a_b_2", "tts"]
 
 
-def test_routes_are_passthrough_or_proxy_by_their_kinds():
+def test_every_route_is_one_proxy_cord_flagged_passthrough_for_the_gateway():
     chute = make_chute()
     report = cw.register_passthrough_routes(
         chute,
@@ -146,25 +146,21 @@ def test_routes_are_passthrough_or_proxy_by_their_kinds():
             Route("/inference", "POST", 8020, request_kind="multipart", file_fields=("file",)),
             Route("/tts_to_audio/", "POST", 8020, response_kind="binary", content_type="audio/wav"),
             Route("/v1/models", "GET", 8020, request_kind="none", query_params=("limit",)),
-            Route("/v1/text", "GET", 8020, request_kind="none", response_kind="text", content_type="text/plain"),
             Route("/v1/echo", "POST", 8020),
             Route("/v1/stream", "POST", 8020, stream=True, response_kind="stream"),
-            Route("/health", "GET", 8020, request_kind="none"),
         ],
         8020,
     )
-    modes = {item.route.path: item.mode for item in report.registered}
-    assert modes == {
-        "/inference": "proxy", "/tts_to_audio/": "proxy", "/v1/models": "proxy", "/v1/text": "proxy",
-        "/v1/echo": "passthrough", "/v1/stream": "proxy", "/health": "passthrough",
-    }
-    proxied = {c.public_api_path: c for c in chute.cords if not c._passthrough}
-    # a proxy cord's handler is ours, not the SDK's bound method
-    assert all(getattr(c._request_handler, "__self__", None) is not c for c in proxied.values())
-    assert "(proxy)" in report.summary()
+    assert {item.route.path: item.mode for item in report.registered} == dict.fromkeys(
+        ["/inference", "/tts_to_audio/", "/v1/models", "/v1/echo", "/v1/stream"], "proxy")
+    # the passthrough flag is what makes the gateway send the caller's query string ({"json", "params"})
+    assert all(c._passthrough for c in chute.cords)
+    # every handler is ours, not the SDK's bound method
+    assert all(getattr(c._request_handler, "__self__", None) is not c for c in chute.cords)
+    assert [c._stream for c in chute.cords] == [False, False, False, False, True]
 
 
-def test_overrides_force_modes_and_bad_override_keys_are_reported(caplog_loguru):
+def test_overrides_set_timeouts_and_legacy_modes_only_warn(caplog_loguru):
     chute = make_chute()
     report = cw.register_passthrough_routes(
         chute,
@@ -172,7 +168,8 @@ def test_overrides_force_modes_and_bad_override_keys_are_reported(caplog_loguru)
         8020,
         overrides={"POST /v1/echo": {"mode": "proxy", "timeout": 5}, "GET /v1/text": {"mode": "passthrough"}},
     )
-    assert {item.route.path: item.mode for item in report.registered} == {"/v1/echo": "proxy", "/v1/text": "passthrough"}
+    assert {item.route.path: item.target.timeout for item in report.registered} == {"/v1/echo": 5, "/v1/text": 600}
+    assert any("mode 'passthrough' has no effect" in m for m in caplog_loguru)
     cw.register_passthrough_routes(make_chute(), [Route("/a")], 8020, overrides={"POST /b": {"mode": "proxy"}})
     assert any("CHUTE_ROUTE_OVERRIDES['POST /b'] names no loaded route" in m for m in caplog_loguru)
     with pytest.raises(ManifestError, match="not a route key"):

@@ -9,16 +9,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tools.errors import BadRequest
 from tools.proxy import (
-    BadRequest,
-    RouteOptions,
-    Target,
     Template,
     build_outgoing,
     check_proxy_path,
     extension_for,
     match_template,
 )
+from tools.registration import RouteOptions, Target
 from tools.routes import Route
 from tools.errors import ManifestError
 

@@ -6,7 +6,7 @@ import json
 import shlex
 import subprocess
 
-from tools.run_dev import Cord, curl_line
+from tools.cord_table import Cord, curl_line
 
 
 def curl_argv(line: str) -> list[str]:
