@@ -23,9 +23,9 @@ ACTIONS=(
   "Build|--discover|MODULE [OPTIONS]|Discover routes|Run the base image, find its routes, write MODULE.routes.json"
   "Build|--validate|MODULE|Validate a module|Import the module, check manifest and routes, print its cords"
   "Build|--build|MODULE [--local]|Build the image|Build the wrapper image: --local with docker/podman, else on Chutes"
-  "Local testing|--run|MODULE [--port N] [--logging-port N] [--no-service] [--timeout N]|Run dev mode (host)|Run the module's service and its chute on this machine (dev mode)"
-  "Local testing|--smoke|MODULE [--port N] [--logging-port N] [--no-service] [--timeout N] [--verbose] [--call-timeout N]|Smoke-test every cord|Call every cord once through the chute in dev mode; fail if any fails"
-  "Local testing|--run-docker|MODULE [--port N] [--gpus X] [--timeout N] [--image IMAGE]|Run in a container|Run the built image with docker/podman, ports on 127.0.0.1 only"
+  "Local testing|--run|MODULE [--port N] [--logging-port N] [--no-service] [--timeout N] [--dev]|Run on this machine|Run the module's service and its chute here, called as on Chutes (--dev: SDK dev mode)"
+  "Local testing|--smoke|MODULE [--port N] [--logging-port N] [--no-service] [--timeout N] [--verbose] [--call-timeout N] [--dev]|Smoke-test every cord|Call every cord once through the chute as on Chutes; fail if any fails"
+  "Local testing|--run-docker|MODULE [--port N] [--gpus X] [--timeout N] [--image IMAGE] [--dev]|Run in a container|Run the built image with docker/podman, called as on Chutes; ports on 127.0.0.1 only"
   "Local testing|--cleanup||Remove leftover containers|Remove containers left behind by killed discovery and run-docker runs"
   "Cloud|--list-images||List images|List your images on Chutes"
   "Cloud|--list-chutes||List chutes|List your chutes on Chutes"
@@ -42,7 +42,7 @@ VALUE_OPTIONS=(--port --logging-port --timeout --call-timeout --backfill --gpus 
 NUMBER_OPTIONS=(--port --logging-port --timeout --call-timeout --backfill)
 PORT_OPTIONS=(--port --logging-port) # numbers in 1-65535 (tools/constants.py checks the same for the tools)
 readonly MAX_PORT=65535
-FLAG_OPTIONS=(--local --accept-fee --public --no-service --verbose --yes --debug)
+FLAG_OPTIONS=(--local --accept-fee --public --no-service --verbose --dev --yes --debug)
 PASSTHROUGH_ACTIONS=(--discover --new) # their tool parses what follows the value
 
 # Parsed command line (parse_args sets them once; the menu resets them per action).
@@ -168,6 +168,8 @@ Options:
   --accept-fee     --deploy: accept the deployment fee without asking
   --public         --deploy: make the chute public (needs the permission on your account)
   --port N         --run, --smoke, --run-docker: the chute's port (default 8000)
+  --dev            --run, --smoke, --run-docker: the SDK's dev server (chutes run --dev) instead of
+                   the chute as on a Chutes node behind the local gateway
   --timeout N      seconds to wait: for the service and chute (--run, --smoke: 120),
                    the container (--run-docker: 600), the chute to get hot (--warmup: 600)
   --gpus X         --run-docker: auto (default: only with a GPU runtime), none, all, N, or 0,1
@@ -368,6 +370,12 @@ confirm() {
 # else in the current directory; a path is relative to the current directory).
 locate_module() { tool deploy_module locate "$1" --cwd "${CALLER_DIR}"; }
 
+# Usage: module_label MODULE_PATH — the module's name, as questions show it.
+module_label() {
+  local name="${1##*/}"
+  printf '%s' "${name%.py}"
+}
+
 # Usage: manifest_of MODULE_PATH — the route manifest discovery writes for it.
 manifest_of() { tool deploy_module manifest "$1"; }
 
@@ -554,7 +562,7 @@ cmd_build() {
     fi
   fi
   if ! has_option --local; then
-    confirm "Upload ${module##*/}'s build context to Chutes for a remote build?" || {
+    confirm "Upload $(module_label "${module}")'s build context to Chutes for a remote build?" || {
       printf 'Cancelled: nothing was uploaded.\n'
       return 0
     }
@@ -581,6 +589,7 @@ cmd_run_docker() {
       cmd+=("${option}" "$(option_value "${option}")")
     fi
   done
+  if has_option --dev; then cmd+=(--dev); fi
   exec_tool "${cmd[@]}" "${DEBUG_ARGS[@]}"
 }
 
@@ -611,7 +620,7 @@ cmd_deploy() {
   fi
   has_option --accept-fee && cmd+=(--accept-fee)
   has_option --public && cmd+=(--public)
-  confirm "Deploy ${module##*/} to Chutes now?" || {
+  confirm "Deploy $(module_label "${module}") to Chutes now?" || {
     printf 'Cancelled: nothing was deployed.\n'
     return 0
   }

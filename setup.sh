@@ -14,7 +14,8 @@
 set -euo pipefail
 
 readonly STAMP_NAME=".chutes-wrappers-stamp"
-SETUP_DIR="$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)"
+SETUP_DIR="$PWD" # this script's directory (pure bash: PATH may hold nothing but a Python)
+if [[ "${BASH_SOURCE[0]}" == */* ]]; then SETUP_DIR="$(cd -- "${BASH_SOURCE[0]%/*}" && pwd)"; fi
 readonly SETUP_DIR
 readonly MIN_PY_MAJOR=3
 readonly MIN_PY_MINOR=10

@@ -1,5 +1,7 @@
-"""`deploy.sh --run-docker MODULE`: the locally built wrapper image, run with docker or podman, the chute
-in dev mode inside it, its port and SERVICE_PORTS published on 127.0.0.1 only.
+"""`deploy.sh --run-docker MODULE`: the locally built wrapper image, run with docker or podman, called
+as on Chutes: the chute runs in the container as on a GPU node (tools.sdk.node), the local gateway runs
+here in front of it (`--dev`: `chutes run --dev` in the container, called directly). Every port is
+published on 127.0.0.1 only.
 
 Waits for the chute with a progress line (default 10 minutes), shows the container's last output if
 it exits first, prints the cords, then streams its log. Ctrl-C, SIGTERM or an error removes it.
@@ -25,7 +27,6 @@ from tools.containers import (
     detect_engine,
     gpu_args,
     owner_label,
-    port_is_free,
     remove_leftovers,
     require_image,
 )
@@ -33,7 +34,9 @@ from tools import deploy_module
 from tools.constants import APP_DIR, DEFAULT_CHUTE_PORT, DEFAULT_SERVICE_TIMEOUT, chute_ports, port_argument
 from tools.cord_table import cord_table, cords_of
 from tools.errors import ServiceError, WrapperError, run_cli
-from tools.processes import http_answers, stop_on_signals
+from tools.gateway import STATS_PATH, platform_env, start_gateway
+from tools.processes import free_port, http_answers, port_is_free, stop_on_signals, wait_until
+from tools.sdk.node import KEY_ENV, PlatformKey
 
 ROLE = "run-docker"
 # What `chutes run` logs when the chute's startup raised (it then sleeps 60 s before exiting).
@@ -48,9 +51,12 @@ class RunDockerConfig:
     timeout: float = DEFAULT_SERVICE_TIMEOUT
     image: str | None = None
     debug: bool = False
+    dev: bool = False  # `chutes run --dev` in the container, no gateway
 
 
-def plan(config: RunDockerConfig):
+def plan(config: RunDockerConfig, key_hex: str | None = None):
+    """The container to run. With `key_hex` (the local platform's shared key, passed in the env file,
+    never on a command line) it runs the node runner on a free port; else `chutes run --dev` on --port."""
     module = deploy_module.load(config.module)
     name = module.name
     ports = module.ports(required=False)
@@ -61,13 +67,14 @@ def plan(config: RunDockerConfig):
         require_image(engine, image)
     except EngineError:
         raise EngineError(f"image {image!r} is not present in {engine.label}",
-                          f"build it first: ./deploy.sh --build {config.module} --local") from None
-    published = {port: port}
+                          f"build it first: ./deploy.sh --build {module.ref} --local") from None
+    chute_port = free_port() if key_hex else port
+    published = {chute_port: chute_port}
     for service_port in ports:
         if service_port in published:
             raise WrapperError(f"--port {port} is also a service port of {name}", "pick another --port")
         published[service_port] = service_port
-    for taken in published:
+    for taken in [port] + list(published):
         if not port_is_free(taken):
             what = "chute port (--port)" if taken == port else f"service port of {name}"
             raise WrapperError(f"port {taken} ({what}) is already in use on 127.0.0.1", "stop what listens there")
@@ -76,9 +83,10 @@ def plan(config: RunDockerConfig):
         name=container_name("chute", name),
         labels={LABEL: ROLE, LABEL_MODULE: name, LABEL_OWNER: owner_label()},
         ports=published,
-        env={"CHUTES_EXECUTION_CONTEXT": "REMOTE"},
-        entrypoint=["chutes", "run", f"{name}:chute", "--dev", "--host", "0.0.0.0", "--port", str(port),
-                    "--logging-port", str(logging_port)],
+        env={"CHUTES_EXECUTION_CONTEXT": "REMOTE", **({KEY_ENV: key_hex} if key_hex else {})},
+        entrypoint=(["python", "-m", "tools.sdk.node", f"{name}:chute"] if key_hex
+                    else ["chutes", "run", f"{name}:chute", "--dev"])
+        + ["--host", "0.0.0.0", "--port", str(chute_port), "--logging-port", str(logging_port)],
         gpu_args=gpu_args(engine, config.gpus),
         extra_args=["--workdir", APP_DIR],
     )
@@ -86,8 +94,10 @@ def plan(config: RunDockerConfig):
 
 
 def run(config: RunDockerConfig, stop: threading.Event) -> int:
-    name, module, engine, spec = plan(config)
+    key = None if config.dev else PlatformKey.generate()
+    name, module, engine, spec = plan(config, key.hex if key else None)
     remove_leftovers(engine, ROLE, name)
+    gateway = None
     streaming = threading.Event()
     crashed = threading.Event()
 
@@ -102,8 +112,14 @@ def run(config: RunDockerConfig, stop: threading.Event) -> int:
     print(f"starting {spec.image} with {engine.label} ({gpus}), container {spec.name}", flush=True)
     try:
         container.start()
-        base_url = f"http://127.0.0.1:{config.port}"
-        wait_ready(container, base_url, config.timeout, stop, crashed)
+        chute_url = f"http://127.0.0.1:{next(iter(spec.ports))}"
+        wait_ready(container, chute_url, config.timeout, stop, crashed)
+        base_url = chute_url
+        if key is not None:
+            gateway, base_url = start_gateway(chute_url, f"{name}:chute", module.directory,
+                                              platform_env(None, key), config.port, echo=True)
+            wait_until(lambda: http_answers(base_url + STATS_PATH), gateway, config.timeout, "the gateway", stop)
+            print(f"the chute runs as on a Chutes node; callers go through the local gateway at {base_url}")
         print(cord_table(base_url, cords_of(module.chute)), flush=True)
         print("ready: streaming the container's log; Ctrl-C stops and removes the container", flush=True)
         for line in container.last_lines(40):
@@ -112,12 +128,16 @@ def run(config: RunDockerConfig, stop: threading.Event) -> int:
         while not stop.is_set():
             if container.exit_code() is not None:
                 raise ServiceError(f"the container exited with status {container.exit_code()}")
+            if gateway is not None and gateway.exited():
+                raise gateway.failure()
             stop.wait(0.5)
         print("stopping...", flush=True)
         return 130
     finally:
         previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:  # removal must not be cut in half
+            if gateway is not None:
+                gateway.stop()
             container.remove()
         finally:
             for sig, handler in previous.items():
@@ -191,6 +211,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--timeout", type=float, default=DEFAULT_SERVICE_TIMEOUT,
                         help=f"seconds to wait for the chute (default {DEFAULT_SERVICE_TIMEOUT:g})")
     parser.add_argument("--image", help="run this image instead of the module's")
+    parser.add_argument("--dev", action="store_true", help="chutes run --dev in the container, without the local gateway")
     parser.add_argument("--cleanup", action="store_true", help="remove containers left by killed runs, then exit")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     args = parser.parse_args(argv)
@@ -202,7 +223,7 @@ def main(argv: list[str] | None = None) -> None:
         chute_ports(args.port, None)
     except WrapperError as exc:
         parser.error(str(exc))
-    config = RunDockerConfig(args.module, args.port, args.gpus, args.timeout, args.image, args.debug)
+    config = RunDockerConfig(args.module, args.port, args.gpus, args.timeout, args.image, args.debug, args.dev)
 
     def go() -> int:
         with stop_on_signals() as stop:

@@ -260,27 +260,6 @@ def _words(value) -> tuple[str, ...]:
 
 
 # --------------------------------------------------------------------------------------------------
-# Ports
-
-
-def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
-    """True when nothing listens on host:port (SO_REUSEADDR, as engines bind: TIME_WAIT is not 'taken')."""
-    with socket.socket() as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return False
-    return True
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
-
-
-# --------------------------------------------------------------------------------------------------
 # Environment files
 
 

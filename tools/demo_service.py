@@ -198,6 +198,7 @@ def create_app(spec_delay: float = 0.0, no_spec: bool = False) -> FastAPI:
     add_audio_routes(app)
     add_openai_routes(app)
     add_fixture_routes(app)
+    add_contract_routes(app)
     return app
 
 
@@ -337,6 +338,78 @@ def add_fixture_routes(app: FastAPI) -> None:
     async def slow(seconds: float = Query(1.0, ge=0.0, le=MAX_SLOW_SECONDS)) -> Dict[str, float]:
         await asyncio.sleep(seconds)
         return {"slept": seconds}
+
+
+# The platform contract's awkward answers: a multi-byte character split across stream chunks.
+UTF8_EVENT = "data: {\"text\": \"h\u00e9llo w\u00f6rld \u2713 \U0001f389\"}\n\n".encode()
+
+
+async def utf8_split_events(count: int, interval: float) -> AsyncIterator[bytes]:
+    """`count` SSE events of non-ASCII JSON text, each sent in two chunks that split a character
+    (`interval` seconds apart, so that they travel as two chunks)."""
+    cut = UTF8_EVENT.index("\u00e9".encode()) + 1  # inside the two bytes of "é"
+    for _ in range(count):
+        yield UTF8_EVENT[:cut]
+        await asyncio.sleep(interval)
+        yield UTF8_EVENT[cut:]
+    yield b"data: [DONE]\n\n"
+
+
+async def byte_stream(size: int, chunk: int) -> AsyncIterator[bytes]:
+    """`size` bytes (byte i is 255 - i % 256: newlines and invalid UTF-8 included), `chunk` at a time."""
+    pattern = bytes(range(255, -1, -1)) * (max(chunk, 256) // 256 + 1)
+    sent = 0
+    while sent < size:
+        start = sent % 256
+        piece = pattern[start : start + min(chunk, size - sent)]
+        sent += len(piece)
+        yield piece
+        await asyncio.sleep(0)
+
+
+def add_contract_routes(app: FastAPI) -> None:
+    """Routes for the platform-contract tests, left out of the OpenAPI document (so discovery and
+    deploy_example's manifest do not change): tests register them as static routes."""
+
+    @app.api_route("/v1/inspect", methods=["GET", "POST", "PUT", "PATCH", "DELETE"], include_in_schema=False)
+    async def inspect(request: Request) -> Dict[str, Any]:
+        body = await request.body()
+        return {
+            "method": request.method,
+            "query": [[key, value] for key, value in request.query_params.multi_items()],
+            "content_type": request.headers.get("content-type"),
+            "body_bytes": len(body),
+            "body_sha256": hashlib.sha256(body).hexdigest(),
+        }
+
+    @app.get("/v1/chunked", include_in_schema=False)
+    async def chunked(count: int = Query(3, ge=0, le=10_000)) -> StreamingResponse:
+        async def parts() -> AsyncIterator[bytes]:
+            yield b"["
+            for index in range(count):
+                yield (b"," if index else b"") + json.dumps({"index": index, "text": f"item {index}"}).encode()
+                await asyncio.sleep(0)
+            yield b"]"
+
+        return StreamingResponse(parts(), media_type="application/json")  # no Content-Length: chunked
+
+    @app.post("/v1/stream/utf8", include_in_schema=False)
+    async def stream_utf8(count: int = Query(3, ge=0, le=1000),
+                          interval: float = Query(0.05, ge=0.0, le=10.0)) -> StreamingResponse:
+        return StreamingResponse(utf8_split_events(count, interval), media_type="text/event-stream")
+
+    @app.get("/v1/stream/bytes", include_in_schema=False)
+    async def stream_bytes(size: int = Query(4096, ge=0, le=MAX_BLOB_BYTES),
+                           chunk: int = Query(1000, ge=1, le=1 << 20)) -> StreamingResponse:
+        return StreamingResponse(byte_stream(size, chunk), media_type="application/octet-stream")
+
+    @app.get("/v1/empty", include_in_schema=False)
+    async def empty() -> Response:
+        return Response(b"", media_type="text/plain")
+
+    @app.get("/v1/typed", include_in_schema=False)
+    async def typed() -> Response:
+        return Response(b"<demo><typed>yes</typed></demo>", media_type="application/xml")
 
 
 # --- command line ----------------------------------------------------------------------------

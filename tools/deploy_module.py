@@ -133,6 +133,11 @@ class DeployModule:
         return self.path.stem
 
     @property
+    def ref(self) -> str:
+        """How hints name the module: its name when it is beside deploy.sh, else its path."""
+        return self.name if self.directory == ROOT else str(self.path)
+
+    @property
     def directory(self) -> Path:
         return self.path.parent
 

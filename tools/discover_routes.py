@@ -41,10 +41,8 @@ from tools.containers import (
     check_extra_args,
     container_name,
     detect_engine,
-    free_port,
     gpu_args,
     owner_label,
-    port_is_free,
     remove_leftovers,
     remove_stale_env_dirs,
     require_image,
@@ -52,6 +50,7 @@ from tools.containers import (
 )
 from tools import deploy_module
 from tools.errors import Interrupted, ServiceError, WrapperError, run_cli
+from tools.processes import free_port, port_is_free
 from tools.openapi import PROBE_PATHS, SpecError, convert_document, decode_document
 from tools.routes import (
     Manifest,

@@ -22,7 +22,7 @@ from loguru import logger
 from tools import sdk
 from tools.constants import APP_DIR, DEFAULT_SERVICE_TIMEOUT, SERVICE_EXTERNAL_ENV, env_flag
 from tools.errors import ServiceError, WrapperError
-from tools.processes import KILL_GRACE, stop_group
+from tools.processes import KILL_GRACE, die_with_parent, stop_group
 from tools.wrapper_image import BASE_ENV_FILE, VENV_DIR
 
 if TYPE_CHECKING:
@@ -148,16 +148,6 @@ async def probe_services(ports: Iterable[int], timeout: float = 5, *, host: str 
 # The service process
 
 
-def _die_with_parent() -> None:
-    """In the child: get SIGTERM if the chute process dies without stopping us (Linux only)."""
-    try:
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-
-
 class ServiceLauncher:
     """One service process: started in its own process group, logged, and stopped with its children."""
 
@@ -195,7 +185,7 @@ class ServiceLauncher:
                 env=service_environment(self.env, base),
                 cwd=cwd,
                 start_new_session=True,
-                preexec_fn=_die_with_parent,
+                preexec_fn=die_with_parent,
             )
         except FileNotFoundError:
             raise ServiceError(

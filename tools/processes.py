@@ -19,7 +19,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import BinaryIO, Callable, Iterator
 
 from tools.errors import ServiceError, WrapperError
 
@@ -42,18 +42,48 @@ def stop_group(pid: int, exited_within: Callable[[float], bool], timeout: float 
             return
 
 
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    """True when nothing listens on host:port (SO_REUSEADDR, as engines bind: TIME_WAIT is not 'taken')."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
 def port_in_use(port: int) -> bool:
     with socket.socket() as sock:
         sock.settimeout(0.2)
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
+def die_with_parent() -> None:
+    """In the child (preexec_fn): get SIGTERM when our process dies without stopping it, even by
+    SIGKILL, so no service or chute outlives the CLI or chute that started it (Linux only)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 class Child:
     """A child process in its own process group, its output echoed with a prefix and remembered."""
 
-    def __init__(self, name: str, argv: list[str], env: dict[str, str], cwd: Path, echo: bool = True):
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], cwd: Path | str, echo: bool = True,
+                 log: BinaryIO | None = None):
         self.name = name
         self.echo = echo
+        self.log = log  # also written here, line by line, as the child wrote it
         self.tail: collections.deque[str] = collections.deque(maxlen=30)
         try:
             self.proc = subprocess.Popen(
@@ -64,6 +94,7 @@ class Child:
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                preexec_fn=die_with_parent,
             )
         except OSError as exc:
             raise ServiceError(f"cannot start {name} ({argv[0]}): {exc.strerror or exc}") from None
@@ -73,6 +104,9 @@ class Child:
     def _pump(self) -> None:
         assert self.proc.stdout is not None
         for raw in self.proc.stdout:
+            if self.log is not None:
+                self.log.write(raw)
+                self.log.flush()
             line = raw.decode("utf-8", "replace").rstrip()
             self.tail.append(line)
             if self.echo:

@@ -260,7 +260,7 @@ def _field_text(value: Any) -> str:
 # - the service's 5xx as `upstream_error_status` (502; None keeps the service's status);
 # - 503 (service not answering), 504 (no answer in time), 502 (broke off, malformed answer).
 # Error bodies are JSON: the service's own JSON object (an OpenAI client still finds its "error"),
-# plus "detail", "upstream_status" and "upstream_body".
+# plus "detail" (the service's own, else ours), "upstream_status" and "upstream_body" (its text).
 
 ERROR_BODY_LIMIT = 1 << 16
 SSE_ERROR_EVENT = "event: error\ndata: {}\n\n"  # the last event of an SSE answer the service broke off
@@ -331,9 +331,9 @@ async def _upstream_error(upstream: aiohttp.ClientResponse, target: Target, path
     content = dict(parsed) if isinstance(parsed, dict) else {}
     content.setdefault("detail", f"the service answered {status} to {target.route.method} {path}")
     content["upstream_status"] = status
-    content["upstream_body"] = parsed if parsed is not None else text
+    content["upstream_body"] = text
     headers = {"Retry-After": upstream.headers["Retry-After"]} if "Retry-After" in upstream.headers else None
-    return _error(answer, content.pop("detail"), headers=headers, **content)
+    return JSONResponse(content, status_code=answer, headers=headers)
 
 
 async def _chunks(upstream: aiohttp.ClientResponse, sse: bool, timeout_note: str) -> AsyncIterator[bytes]:

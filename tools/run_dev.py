@@ -1,9 +1,11 @@
-"""`deploy.sh --run MODULE`: the service and the chute on this machine.
+"""`deploy.sh --run MODULE`: the service and the chute on this machine, called as on Chutes.
 
-Starts the module's HOST_COMMAND, waits for SERVICE_PORTS, starts the real `chutes run MODULE:chute`
-(its dev server with --dev), waits until it answers, prints every cord with a ready-to-paste curl line,
-then streams both logs until Ctrl-C. Everything it started is stopped on Ctrl-C, SIGTERM, or when
-either process dies.
+Starts the module's HOST_COMMAND, waits for SERVICE_PORTS, then the chute as `chutes run` runs it on a
+GPU node (tools.sdk.node: cords at their internal paths behind the SDK's real GraValMiddleware) with
+the local gateway in front (tools.gateway: the Chutes API's invocation rules), so every call takes the
+platform's path. `--dev` runs the SDK's dev server instead (`chutes run --dev`), for debugging.
+Prints every cord with a ready-to-paste curl line, then streams the logs until Ctrl-C. Everything it
+started is stopped on Ctrl-C, SIGTERM, or when any process dies.
 """
 
 from __future__ import annotations
@@ -14,10 +16,10 @@ import os
 import shlex
 import threading
 from dataclasses import dataclass
-from typing import Iterator, Mapping
+from typing import Any, Iterator, Mapping
 
 from tools import deploy_module, sdk
-from tools.constants import DEFAULT_CHUTE_PORT, DEFAULT_LOCAL_TIMEOUT, chute_ports, port_argument
+from tools.constants import DEFAULT_CHUTE_PORT, DEFAULT_LOCAL_TIMEOUT, SERVICE_EXTERNAL_ENV, chute_ports, port_argument
 from tools.cord_table import Cord, chutes_url, cord_table, cords_of
 from tools.deploy_module import ROOT, DeployModule
 from tools.errors import WrapperError, run_cli
@@ -36,6 +38,7 @@ class RunConfig:
     quiet: bool = False
     debug: bool = False
     exit_when_ready: bool = False
+    dev: bool = False  # the SDK's dev server (`chutes run --dev`) instead of the local platform
 
 
 @dataclass
@@ -47,6 +50,7 @@ class Stack:
     cords: list[Cord]
     children: list[Child]
     stop: threading.Event
+    platform: Any = None  # tools.gateway.Platform, unless --dev
 
     @property
     def public_url(self) -> str:
@@ -59,6 +63,8 @@ class Stack:
         for child in self.children:
             if child.exited():
                 raise child.failure()
+        if self.platform is not None:
+            self.platform.check()
 
 
 def is_chutes_secret(name: str) -> bool:
@@ -116,13 +122,23 @@ def dev_stack(config: RunConfig, stop: threading.Event | None = None) -> Iterato
             )
 
         pythonpath = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-        chute_env = dict(env, CHUTES_EXECUTION_CONTEXT="REMOTE", CHUTES_SERVICE_EXTERNAL="1", PYTHONPATH=pythonpath)
+        chute_env = dict(env, CHUTES_EXECUTION_CONTEXT="REMOTE", PYTHONPATH=pythonpath)
+        chute_env[SERVICE_EXTERNAL_ENV] = "1"  # the service runs on the host: the chute only waits for it
+        base_url = f"http://127.0.0.1:{port}"
+        if not config.dev:
+            from tools.gateway import start_platform
+
+            print(f"starting the chute as on a Chutes node, behind the local gateway at {base_url}", flush=True)
+            with start_platform(f"{name}:chute", module.directory, env=chute_env, port=port,
+                                logging_port=logging_port, timeout=config.timeout, echo=not config.quiet,
+                                stop=stop) as platform:
+                yield Stack(module, base_url, cords, children, stop, platform)
+            return
         argv = [chutes_executable(), "run", f"{name}:chute", "--dev", "--host", "127.0.0.1", "--port", str(port),
                 "--logging-port", str(logging_port)]
         print(f"starting chute: {shlex.join(argv[1:])}", flush=True)
         chute = Child("chute", argv, chute_env, module.directory, echo=not config.quiet)
         children.append(chute)
-        base_url = f"http://127.0.0.1:{port}"
         wait_until(lambda: http_answers(base_url + "/"), chute, config.timeout, "the chute", stop)
         yield Stack(module, base_url, cords, children, stop)
     finally:
@@ -151,6 +167,8 @@ def add_stack_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-service", action="store_true", help="do not start HOST_COMMAND; use the running service")
     parser.add_argument("--timeout", type=float, default=DEFAULT_LOCAL_TIMEOUT,
                         help=f"seconds to wait for the service and the chute (default {DEFAULT_LOCAL_TIMEOUT:g})")
+    parser.add_argument("--dev", action="store_true",
+                        help="the SDK's dev server (chutes run --dev) instead of the node and the local gateway")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
 
 
@@ -164,7 +182,7 @@ def check_chute_ports(parser: argparse.ArgumentParser, port: int, logging_port: 
 
 def stack_config(args: argparse.Namespace, **extra) -> RunConfig:
     return RunConfig(module=args.module, port=args.port, logging_port=args.logging_port, no_service=args.no_service,
-                     timeout=args.timeout, debug=args.debug, **extra)
+                     timeout=args.timeout, debug=args.debug, dev=args.dev, **extra)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -230,7 +230,7 @@ def test_validate_prints_the_cords_without_starting_anything(home, tmp_path):
         ("import nonexistent_xyz\n", "cannot import deploy_bad.py: ModuleNotFoundError"),
         ("from chutes.chute import Chute\nchute = Chute(username='u', name='bad', image='x')\n",
          "CHUTE_NAME must be a non-empty string"),
-        ("CHUTE_NAME='bad'\nCHUTE_TAG='1'\nCHUTE_BASE_IMAGE='x'\nSERVICE_PORTS=[0]\n", "not ports 1-65535: [0]"),
+        ("CHUTE_NAME='bad'\nCHUTE_TAG='1'\nCHUTE_BASE_IMAGE='x'\nSERVICE_PORTS=[0]\n", "SERVICE_PORTS entry 0 is not a port number 1-65535"),
         ("from tools.chute_wrappers import load_route_manifest\n"
          "load_route_manifest(static_routes=[{'path': '/a', 'port': 'x'}])\n", "CHUTE_STATIC_ROUTES: route 0: key 'port'"),
     ],
@@ -440,7 +440,7 @@ def test_menu_action_that_fails_returns_to_the_menu(home, tmp_path, terminal):
     term.type("6")
     term.wait_for("Module to validate")
     term.type("deploy_nope")  # a typed name that does not exist
-    term.wait_for("no module deploy_nope.py")
+    term.wait_for("no deploy module deploy_nope.py")
     screen = term.wait_for("--validate failed (exit 1); back to the menu")
     term.wait_for("Choose 1-20, or q:", count=2)
     term.type("13")  # List chutes: no account here
