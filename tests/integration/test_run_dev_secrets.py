@@ -43,16 +43,21 @@ SECRETS = {
 }
 
 
-def test_run_passes_no_chutes_secret_to_the_service_or_the_chute(run_dev, tmp_path):  # noqa: F811
+@pytest.mark.parametrize("extra", [[], ["--dev"]], ids=["platform", "dev"])
+def test_run_passes_no_chutes_secret_to_the_service_or_the_chute(run_dev, tmp_path, extra):  # noqa: F811
     (tmp_path / "deploy_secretstest.py").write_text(MODULE)
     service_port = free_port()
     env = dict(SECRETS, SECRETS_TEST_PORT=str(service_port), HF_TOKEN="hf_not_a_chutes_secret",
                CHUTES_USERNAME="someone")
-    run = run_dev("deploy_secretstest", env=env)
-    run.wait_for("ready: streaming logs", timeout=120)
-    assert requests.get(run.url("/health"), timeout=30).status_code == 200
-    service_env = json.loads((tmp_path / "service-env.json").read_text())
-    chute_env = json.loads((tmp_path / "chute-env.json").read_text())
+    run = run_dev("deploy_secretstest", *extra, env=env)
+    try:
+        run.wait_for("ready: streaming logs", timeout=120)
+        assert requests.get(run.url("/health"), timeout=30).status_code == 200
+        service_env = json.loads((tmp_path / "service-env.json").read_text())
+        chute_env = json.loads((tmp_path / "chute-env.json").read_text())
+    finally:
+        # Ctrl-C stops the service and the chute; the fixture's SIGKILL of --run would orphan them
+        assert run.proc.poll() is not None or run.interrupt() == 130
     for name, seen in (("service", service_env), ("chute", chute_env)):
         leaked = sorted(set(SECRETS) & set(seen))
         assert not leaked, f"the {name} got {leaked}"
@@ -60,7 +65,6 @@ def test_run_passes_no_chutes_secret_to_the_service_or_the_chute(run_dev, tmp_pa
         # what is not a Chutes credential still goes through: the service may need its own tokens
         assert seen["HF_TOKEN"] == "hf_not_a_chutes_secret" and seen["CHUTES_USERNAME"] == "someone"
     assert service_env["MODULE_SETTING"] == "kept"
-    assert run.interrupt() == 130
 
 
 def test_the_secret_name_rule():
