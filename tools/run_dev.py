@@ -16,10 +16,11 @@ import os
 import shlex
 import threading
 from dataclasses import dataclass
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator
 
 from tools import deploy_module, sdk
 from tools.constants import DEFAULT_CHUTE_PORT, DEFAULT_LOCAL_TIMEOUT, SERVICE_EXTERNAL_ENV, chute_ports, port_argument
+from tools.containers import without_chutes_secrets
 from tools.cord_table import Cord, chutes_url, cord_table, cords_of
 from tools.deploy_module import ROOT, DeployModule
 from tools.errors import WrapperError, run_cli
@@ -65,21 +66,6 @@ class Stack:
                 raise child.failure()
         if self.platform is not None:
             self.platform.check()
-
-
-def is_chutes_secret(name: str) -> bool:
-    """A Chutes credential by its name: CHUTES_API_KEY, a hotkey seed, anything CHUTES_* that the
-    secret-name rule (tools.containers.SECRET_KEY_RE) calls secret."""
-    from tools.containers import SECRET_KEY_RE
-
-    upper = name.upper()
-    return upper.startswith("CHUTES_") and bool(SECRET_KEY_RE.search(upper) or "SEED" in upper or "JWT" in upper)
-
-
-def without_chutes_secrets(env: Mapping[str, str]) -> dict[str, str]:
-    """`env` without Chutes credentials: the wrapped service is not ours and has no use for them, and
-    `chutes run --dev` signs nothing (the tools that call the API read them in their own process)."""
-    return {key: value for key, value in env.items() if not is_chutes_secret(key)}
 
 
 @contextlib.contextmanager

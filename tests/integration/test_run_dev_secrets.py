@@ -68,11 +68,24 @@ def test_run_passes_no_chutes_secret_to_the_service_or_the_chute(run_dev, tmp_pa
 
 
 def test_the_secret_name_rule():
-    from tools.run_dev import is_chutes_secret, without_chutes_secrets
+    from tools.containers import is_chutes_secret, without_chutes_secrets
 
-    for name in ("CHUTES_API_KEY", "CHUTES_HOTKEY_SEED", "chutes_api_token", "CHUTES_LAUNCH_JWT", "CHUTES_PASSWORD"):
+    for name in ("CHUTES_API_KEY", "CHUTES_HOTKEY_SEED", "chutes_api_token", "CHUTES_LAUNCH_JWT", "CHUTES_PASSWORD",
+                 "CHUTES_LOCAL_PLATFORM_KEY"):
         assert is_chutes_secret(name), name
     for name in ("CHUTES_PORTS", "CHUTES_EXECUTION_CONTEXT", "CHUTES_API_URL", "CHUTES_CONFIG_PATH",
                  "CHUTES_USERNAME", "HF_TOKEN", "OPENAI_API_KEY", "PATH"):
         assert not is_chutes_secret(name), name
     assert without_chutes_secrets({"CHUTES_API_KEY": "x", "PATH": "/bin"}) == {"PATH": "/bin"}
+
+
+def test_a_service_the_chute_starts_gets_no_chutes_secret(monkeypatch):
+    """In the image the chute starts the service (tools.launcher): the node's credentials stay with it."""
+    from tools.launcher import service_environment
+
+    monkeypatch.setenv("CHUTES_API_KEY", "cpk_test_secret_value_1234")
+    monkeypatch.setenv("CHUTES_LOCAL_PLATFORM_KEY", "ab" * 32)
+    monkeypatch.setenv("HF_TOKEN", "hf_kept")
+    env = service_environment({"MODULE_SETTING": "kept"}, base={})
+    assert "CHUTES_API_KEY" not in env and "CHUTES_LOCAL_PLATFORM_KEY" not in env
+    assert env["HF_TOKEN"] == "hf_kept" and env["MODULE_SETTING"] == "kept"
