@@ -1,7 +1,7 @@
 """Template deploy module: copy it to deploy_<name>.py and edit the variables below.
 
 With no edits it wraps the bundled demo service (tools/demo_service.py):
-  ./deploy.sh --run deploy_example            # the service and the chute on this machine (dev mode)
+  ./deploy.sh --run deploy_example            # the service and the chute on this machine, called as on Chutes
   ./deploy.sh --build deploy_example --local   # a wrapper image (needs the demo base image, see README)
 
 This file is imported by the `chutes` CLI, by deploy.sh and by the wrapped container; it must import
@@ -64,6 +64,11 @@ CHUTE_ROUTE_OVERRIDES = {
     "POST /inference": {"file_fields": {"file": "audio/wav"}, "timeout": 300},
 }
 
+# Headers added to every request to the service (an API key, an Accept header). `${NAME}` in a value is
+# read from the chute's environment when it starts: on Chutes a secret of the chute, locally your
+# shell's. Never write a secret itself here: this file goes into the image. Usually not needed.
+CHUTE_UPSTREAM_HEADERS = {}
+
 # Short description shown in chute listings.
 CHUTE_TAGLINE = "chutes-wrappers demo: TTS-like, STT-like and JSON routes"
 
@@ -81,15 +86,16 @@ chute = Chute(
 # GET /health on the chute reports each service port.
 add_health_cord(chute, SERVICE_PORTS)
 
-# One cord per route of the manifest and CHUTE_STATIC_ROUTES: SDK passthrough for JSON, a proxy cord
-# for uploads, binary/text answers and query strings; POST /proxy reaches routes with path parameters.
-# Skipped routes are logged with the reason.
+# One cord per route of the manifest and CHUTE_STATIC_ROUTES (it carries JSON, uploads, binary and
+# text answers, query strings and streams); POST /proxy reaches routes with path parameters.
+# Skipped routes are logged with the reason (./deploy.sh --validate lists them).
 register_passthrough_routes(
     chute,
     load_route_manifest(static_routes=CHUTE_STATIC_ROUTES),
     SERVICE_PORTS[0],
     overrides=CHUTE_ROUTE_OVERRIDES,
     catch_all="/proxy",
+    upstream_headers=CHUTE_UPSTREAM_HEADERS,
 )
 
 # Start ENTRYPOINT when the chute starts, wait for SERVICE_PORTS, stop it when the chute stops.

@@ -19,7 +19,7 @@ from tools import sdk
 from tools.constants import DEFAULT_SERVICE_PORTS, DEFAULT_SERVICE_TIMEOUT, SKIP_REGISTRATION_ENV, env_flag, is_port
 from tools.errors import WrapperError
 from tools.launcher import ServiceLauncher, attach_service, port_open, probe_services, wait_for_services
-from tools.registration import CordPlan, Plan, plan
+from tools.registration import CordPlan, Plan, check_upstream_headers, plan, resolve_upstream_headers
 from tools.routes import Route, choose_manifest, coerce_routes, merge_routes
 
 if TYPE_CHECKING:  # importing chutes.chute costs ~0.7 s; only the type checker needs it here
@@ -172,6 +172,7 @@ def register_passthrough_routes(
     catch_all: str | None = None,
     upstream_error_status: int | None = 502,
     timeout: float = DEFAULT_SERVICE_TIMEOUT,
+    upstream_headers: Mapping[str, str] | None = None,
 ) -> Plan:
     """Register a cord for every route; skip what cannot be a cord, with the reason.
 
@@ -180,12 +181,15 @@ def register_passthrough_routes(
     "file_fields": {name: content_type}}. `catch_all` (e.g. "/proxy") adds one cord that reaches
     routes with path parameters, strictly by the manifest's templates. `upstream_error_status` is the
     status a cord answers when the service answers 5xx (None: the service's own status).
+    `upstream_headers` (CHUTE_UPSTREAM_HEADERS) are added to every request to the service; `${NAME}` in
+    a value is read from the chute's environment when it starts (a Chutes secret, say), never logged.
 
     The decisions are `tools.registration.plan` (see there); the returned plan says what was
     registered and what was skipped, and why. Never raises InvalidPath or DuplicatePath.
     """
     if env_flag(SKIP_REGISTRATION_ENV):
         return Plan()
+    headers = check_upstream_headers(upstream_headers)
     result = plan(
         routes,
         default_port,
@@ -197,14 +201,30 @@ def register_passthrough_routes(
         used_names=sdk.used_names(chute),
     )
     sdk.apply_plan(chute, result, lambda item: _handler(chute, item))
+    if headers:
+        _resolve_headers_on_startup(chute, headers)
     logger.info(result.summary())
     return result
+
+
+def _pool(chute: "Chute"):
+    from tools.proxy import UpstreamPool
+
+    return sdk.resource(chute, "upstream pool", UpstreamPool)
+
+
+def _resolve_headers_on_startup(chute: "Chute", headers: dict[str, str]) -> None:
+    pool = _pool(chute)
+
+    @chute.on_startup(priority=5)
+    def upstream_headers_from_environment(self) -> None:
+        pool.headers.update(resolve_upstream_headers(headers, os.environ))
 
 
 def _handler(chute: "Chute", item: CordPlan):
     from tools.proxy import make_catch_all_handler, make_handler
 
-    pool = sdk.pool_of(chute)
+    pool = _pool(chute)
     if item.kind == "catch-all":
         return make_catch_all_handler(pool, list(item.templates))
     return make_handler(pool, item.target, stream=item.stream)

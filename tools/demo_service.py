@@ -378,6 +378,7 @@ def add_contract_routes(app: FastAPI) -> None:
             "method": request.method,
             "query": [[key, value] for key, value in request.query_params.multi_items()],
             "content_type": request.headers.get("content-type"),
+            "headers": {k: v for k, v in request.headers.items() if k.startswith("x-") or k == "authorization"},
             "body_bytes": len(body),
             "body_sha256": hashlib.sha256(body).hexdigest(),
         }

@@ -1,6 +1,6 @@
 """Every exception of chutes-wrappers, and the CLI edge that prints them.
 
-The family (all but the last two say what is wrong and, in `hint`, how to fix it)::
+The family (the WrapperErrors say what is wrong and, in `hint`, how to fix it)::
 
     WrapperError            something the user can fix; caught once by `run_cli`, printed as one line
     ├── ManifestError       a route manifest, static routes or route overrides are malformed
@@ -10,7 +10,11 @@ The family (all but the last two say what is wrong and, in `hint`, how to fix it
     ├── APIError            the Chutes API refused or failed a request (`status`: its HTTP status)
     └── ImageConfigError    an argument of build_wrapper_image cannot go into a Dockerfile
     BadRequest              a caller's JSON cannot become the upstream request (a cord answers 400)
+    UpstreamBroke           the service broke off an answer the caller was already receiving
     Interrupted             SIGINT/SIGTERM arrived during work that finishes its cleanup first
+    InstanceFailure, InstanceRateLimit, MinerBadRequest
+                            how the local gateway (tools/gateway.py) judges an instance's answer, as
+                            the Chutes API does (chutes-api api/chute/util.py `_invoke_one`)
 
 `BadRequest` is not a WrapperError: it is the caller's mistake, answered over HTTP, never printed.
 `Interrupted` ends a CLI like Ctrl-C does (exit 130).
@@ -67,12 +71,29 @@ class BadRequest(Exception):
     """The caller's JSON cannot be turned into the upstream request: the cord answers 400."""
 
 
+class UpstreamBroke(Exception):
+    """The service's answer ended abnormally after the caller's answer had started: raised inside the
+    answer's body, so the server ends the response abnormally and a cut stream never looks complete."""
+
+
 class Interrupted(Exception):
     """A signal arrived while work that must finish its cleanup was running."""
 
     def __init__(self, signum: int):
         super().__init__(signal.Signals(signum).name)
         self.signum = signum
+
+
+class InstanceFailure(Exception):
+    """Anything `invoke` catches that is not RATE_LIMIT or BAD_REQUEST: counts toward disabling the instance."""
+
+
+class InstanceRateLimit(Exception):
+    """`_invoke_one`: miner status 429 -> InstanceRateLimit (error "RATE_LIMIT", not a failure)."""
+
+
+class MinerBadRequest(Exception):
+    """`_invoke_one`: miner status 400 -> BadRequest("Invalid request: " + text) (not a failure)."""
 
 
 def run_cli(main: Callable[[], int | None], debug: bool = False, prog: str = "chutes-wrappers") -> NoReturn:

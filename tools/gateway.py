@@ -42,8 +42,9 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response, Strea
 from starlette.routing import Route
 
 from tools.constants import DEFAULT_LOCAL_TIMEOUT, port_argument
-from tools.errors import WrapperError, run_cli
+from tools.errors import InstanceFailure, InstanceRateLimit, MinerBadRequest, WrapperError, run_cli
 from tools.processes import Child
+from tools.sdk import cord_records
 from tools.sdk.node import GATEWAY_SOURCE_ADDRESS, PlatformKey
 
 # api/chute/util.py get_miner_session: ClientTimeout(connect=5.0, total=600.0), read_bufsize=8 MiB
@@ -60,26 +61,6 @@ STATS_PATH = "/_gateway/stats"
 
 # --------------------------------------------------------------------------------------------------
 # What the gateway knows about a chute: what `chutes deploy` sent to the API.
-
-
-def cord_records(chute: Any) -> list[dict[str, Any]]:
-    """The cord list `chutes deploy` sends to the API (chutes/entrypoint/deploy.py, "cords")."""
-    return [
-        {
-            "method": cord._method,
-            "path": cord.path,
-            "public_api_path": cord.public_api_path,
-            "public_api_method": cord._public_api_method,
-            "stream": cord._stream,
-            "function": cord._func.__name__,
-            "input_schema": cord.input_schema,
-            "output_schema": cord.output_schema,
-            "output_content_type": cord.output_content_type,
-            "minimal_input_schema": cord.minimal_input_schema,
-            "passthrough": cord._passthrough,
-        }
-        for cord in chute._cords
-    ]
 
 
 @dataclass
@@ -123,18 +104,6 @@ def load_record(spec: str, directory: str | os.PathLike | None = None) -> ChuteR
 
 # --------------------------------------------------------------------------------------------------
 # Outcomes of one call to the instance (api/chute/util.py `_invoke_one` and `invoke`)
-
-
-class InstanceFailure(Exception):
-    """Anything `invoke` catches that is not RATE_LIMIT or BAD_REQUEST: counts toward disabling the instance."""
-
-
-class InstanceRateLimit(Exception):
-    """`_invoke_one`: miner status 429 -> InstanceRateLimit (error "RATE_LIMIT", not a failure)."""
-
-
-class MinerBadRequest(Exception):
-    """`_invoke_one`: miner status 400 -> BadRequest("Invalid request: " + text) (not a failure)."""
 
 
 @dataclass

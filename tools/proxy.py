@@ -30,7 +30,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from tools import sdk
-from tools.errors import BadRequest
+from tools.errors import BadRequest, UpstreamBroke
 from tools.registration import Target
 from tools.routes import Route
 
@@ -73,6 +73,8 @@ class UpstreamPool:
 
     def __init__(self) -> None:
         self._sessions: dict[asyncio.AbstractEventLoop, aiohttp.ClientSession] = {}
+        # CHUTE_UPSTREAM_HEADERS, resolved from the chute's environment when it starts (never logged)
+        self.headers: dict[str, str] = {}
 
     def session(self) -> aiohttp.ClientSession:
         loop = asyncio.get_running_loop()
@@ -83,7 +85,7 @@ class UpstreamPool:
             connector = aiohttp.TCPConnector(limit=256, limit_per_host=0, keepalive_timeout=KEEPALIVE_SECONDS)
             session = aiohttp.ClientSession(
                 connector=connector, auto_decompress=False, read_bufsize=CHUNK, trust_env=False,
-                timeout=aiohttp.ClientTimeout(total=None),
+                timeout=aiohttp.ClientTimeout(total=None), headers=self.headers or None,
             )
             self._sessions[loop] = session
         return session
@@ -269,10 +271,6 @@ SSE_ERROR_EVENT = "event: error\ndata: {}\n\n"  # the last event of an SSE answe
 _DROP_HEADERS = _HOP_HEADERS | {"proxy-connection", "date", "server"}
 _TEXT_TYPES = ("text/", "application/json", "application/x-ndjson", "application/jsonl", "application/xml",
                "application/javascript", "application/stream+json", "application/problem+json")
-
-
-class UpstreamBroke(Exception):
-    """The service's answer ended abnormally after the caller's answer had started."""
 
 
 def _error(status: int, detail: str, headers: dict[str, str] | None = None, **extra: Any) -> JSONResponse:

@@ -143,6 +143,54 @@ class Plan:
         return " | ".join(parts)
 
 
+# CHUTE_UPSTREAM_HEADERS: a header's value may name environment variables as ${NAME}, read when the
+# chute starts (so an API key can come from a Chutes secret and is never written into the image).
+ENV_REFERENCE_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+HEADER_NAME_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # an RFC 9110 token
+# Headers the proxy sets per request, or that would break the upstream connection.
+RESERVED_HEADERS = {"host", "content-length", "content-type", "transfer-encoding", "connection"}
+SECRET_HEADER_RE = re.compile(r"auth|key|token|secret|password|cookie", re.I)
+
+
+def check_upstream_headers(headers: Any) -> dict[str, str]:
+    """CHUTE_UPSTREAM_HEADERS checked at import: names are HTTP tokens, values strings without CR/LF.
+    A literal value in a header that looks secret is a warning: it would be written into the image."""
+    where = "CHUTE_UPSTREAM_HEADERS"
+    if headers is None:
+        return {}
+    if not isinstance(headers, Mapping):
+        raise ManifestError(f"{where}: expected a dict of header name: value")
+    out = {}
+    for name, value in headers.items():
+        if not isinstance(name, str) or not HEADER_NAME_RE.match(name):
+            raise ManifestError(f"{where}: {name!r} is not a valid header name")
+        if name.lower() in RESERVED_HEADERS:
+            raise ManifestError(f"{where}[{name!r}]: set by the proxy for each request; it cannot be fixed")
+        if not isinstance(value, str) or any(ch in value for ch in "\r\n\0"):
+            raise ManifestError(f"{where}[{name!r}]: the value must be a string without CR, LF or NUL")
+        if SECRET_HEADER_RE.search(name) and value and not ENV_REFERENCE_RE.search(value):
+            logger.warning(f"{where}[{name!r}] holds a literal value that looks secret: it is written into the "
+                           "module and the image; name an environment variable instead, e.g. 'Bearer ${SERVICE_API_KEY}'")
+        out[name] = value
+    return out
+
+
+def resolve_upstream_headers(headers: Mapping[str, str], environ: Mapping[str, str]) -> dict[str, str]:
+    """The header values with every ${NAME} replaced from `environ` (the chute's, when it starts).
+    A variable that is not set is an error naming it (never a value)."""
+    missing = sorted({name for value in headers.values() for name in ENV_REFERENCE_RE.findall(value)} - set(environ))
+    if missing:
+        raise WrapperError(
+            f"CHUTE_UPSTREAM_HEADERS needs {', '.join(missing)}, which is not set in the chute's environment",
+            "set it (on Chutes: a secret of the chute; locally: export it before ./deploy.sh --run)",
+        )
+    resolved = {name: ENV_REFERENCE_RE.sub(lambda m: environ[m.group(1)], value) for name, value in headers.items()}
+    for name, value in resolved.items():
+        if any(ch in value for ch in "\r\n\0"):
+            raise WrapperError(f"CHUTE_UPSTREAM_HEADERS[{name!r}]: its environment value holds CR, LF or NUL")
+    return resolved
+
+
 def function_name_for(route: Route, public_path: str) -> str:
     slug = re.sub(r"[^a-z0-9]+", "_", public_path.lower()).strip("_") or "root"
     return f"wrap_{route.method.lower()}_{slug}"[:96]

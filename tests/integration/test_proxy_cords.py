@@ -1,4 +1,5 @@
-"""Proxy cords through the real `chutes run --dev`, in front of the real demo service."""
+"""Proxy cords through the real `chutes run --dev`, in front of the real demo service (the SDK's dev
+mode; the platform's call path is tests/platform)."""
 
 from __future__ import annotations
 
@@ -48,41 +49,35 @@ MODULE = textwrap.dedent(
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    """(chute base URL, demo base URL): the demo service and `chutes run --dev` of a test module."""
+    """(chute base URL, demo base URL): the demo service, and a test module's chute in the SDK's dev
+    mode started by the library as `deploy.sh --run --dev --no-service` does (tools.run_dev.dev_stack).
+    The same cords on the platform's call path: tests/platform."""
     import subprocess
+    import threading
 
     from tests.conftest import stop_process
+    from tools.run_dev import RunConfig, dev_stack
 
     tmp = tmp_path_factory.mktemp("proxy")
     (tmp / "deploy_proxytest.py").write_text(MODULE)
     shutil.copy(ROOT / "deploy_example.routes.json", tmp / "deploy_proxytest.routes.json")
-    service_port, chute_port, logging_port, dead_port = free_port(), free_port(), free_port(), free_port()
-    procs = []
+    service_port, dead_port = free_port(), free_port()
+    service = subprocess.Popen(
+        [PYTHON, str(ROOT / "tools" / "demo_service.py"), "--port", str(service_port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    saved = dict(os.environ)
+    os.environ.update(CHUTE_PORTS=str(service_port), DEAD_PORT=str(dead_port))
     try:
-        service = subprocess.Popen(
-            [PYTHON, str(ROOT / "tools" / "demo_service.py"), "--port", str(service_port)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-        )
-        procs.append(service)
-        env = dict(os.environ, CHUTE_PORTS=str(service_port), DEAD_PORT=str(dead_port),
-                   CHUTES_EXECUTION_CONTEXT="REMOTE", PYTHONPATH=str(ROOT))
-        log = open(tmp / "chute.log", "wb")
-        chute = subprocess.Popen(
-            [str(ROOT / ".venv" / "bin" / "chutes") if (ROOT / ".venv" / "bin" / "chutes").exists() else shutil.which("chutes"),
-             "run", "deploy_proxytest:chute", "--dev", "--host", "127.0.0.1", "--port", str(chute_port),
-             "--logging-port", str(logging_port)],
-            cwd=tmp, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-        procs.append(chute)
         wait_for_port(service_port, service)
-        try:
-            wait_for_port(chute_port, chute, timeout=90)
-        except Exception:
-            raise AssertionError((tmp / "chute.log").read_text()[-3000:])
-        yield f"http://127.0.0.1:{chute_port}", f"http://127.0.0.1:{service_port}"
+        config = RunConfig(str(tmp / "deploy_proxytest.py"), port=free_port(), logging_port=free_port(),
+                           no_service=True, quiet=True, dev=True, timeout=90)
+        with dev_stack(config, threading.Event()) as running:
+            yield running.base_url, f"http://127.0.0.1:{service_port}"
     finally:
-        for proc in reversed(procs):
-            stop_process(proc)
+        os.environ.clear()
+        os.environ.update(saved)
+        stop_process(service)
 
 
 def wav_bytes(seconds: float = 0.5) -> bytes:

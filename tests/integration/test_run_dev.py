@@ -98,6 +98,8 @@ def test_example_runs_on_the_demo_service_and_every_json_cord_answers(run_dev):
 
     models = requests.get(run.url("/v1/models"), timeout=10)
     assert models.status_code == 200 and models.json()["object"] == "list"
+    # --run goes through the local gateway: the query string reaches the service, as on Chutes
+    assert len(requests.get(run.url("/v1/models?limit=2"), timeout=10).json()["data"]) == 2
 
     slow = requests.get(run.url("/v1/slow"), timeout=10)
     assert slow.status_code == 200 and "slept" in slow.json()
@@ -108,9 +110,10 @@ def test_example_runs_on_the_demo_service_and_every_json_cord_answers(run_dev):
     assert len(events) == 4 and events[-1] == "data: [DONE]"
     assert json.loads(events[0][6:])["index"] == 0
 
-    # Ctrl-C stops the chute and the service
+    # Ctrl-C stops the chute and the service, and a normal stop is no crash
     assert run.interrupt() == 130
     assert not port_open(run.port) and not port_open(service_port)
+    assert "Traceback" not in run.output and "CancelledError" not in run.output
 
 
 def test_service_that_dies_at_startup_is_reported_and_nothing_is_left(run_dev, tmp_path):

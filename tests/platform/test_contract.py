@@ -44,7 +44,8 @@ MODULE = textwrap.dedent(
     ]
     chute = Chute(username="test", name="contract", image="unused", concurrency=8)
     add_health_cord(chute, SERVICE_PORTS)
-    register_passthrough_routes(chute, load_route_manifest(static_routes=STATIC), SERVICE_PORTS[0], catch_all="/proxy")
+    register_passthrough_routes(chute, load_route_manifest(static_routes=STATIC), SERVICE_PORTS[0], catch_all="/proxy",
+                                upstream_headers={"X-Service-Key": "key-${CONTRACT_SERVICE_KEY}", "X-Fixed": "yes"})
     """
 )
 
@@ -53,7 +54,8 @@ MODULE = textwrap.dedent(
 def stack(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("contract")
     directory = copy_module(tmp, "deploy_contract", MODULE)
-    with demo_service(tmp) as service, platform_for("deploy_contract:chute", directory, service, tmp) as platform:
+    with demo_service(tmp) as service, platform_for("deploy_contract:chute", directory, service, tmp,
+                                                    CONTRACT_SERVICE_KEY="from-the-environment") as platform:
         yield platform, service
 
 
@@ -222,7 +224,10 @@ def test_stream_true_in_the_body_of_a_json_cord(stack, no_failure, path, body):
     through = requests.post(platform.url + path, json=body, timeout=60)
     no_failure()
     assert through.status_code == 200, through.text[:300]
-    assert json.loads(through.content) == direct.json()
+    through_json, direct_json = json.loads(through.content), direct.json()
+    if path == "/v1/inspect":  # the chute adds the module's upstream headers
+        through_json.pop("headers"), direct_json.pop("headers")
+    assert through_json == direct_json
 
 
 # --- content type, 204 and empty bodies -------------------------------------------------------
@@ -254,3 +259,10 @@ def test_empty_body_reaches_the_caller_empty(stack, no_failure):
     no_failure()
     assert answer.status_code == 200, answer.text[:300]
     assert answer.content == b"" and bare(answer.headers.get("content-type")) == "text/plain"
+
+
+def test_upstream_headers_reach_the_service_with_values_from_the_chutes_environment(stack, no_failure):
+    platform, _ = stack
+    seen = get(f"{platform.url}/v1/inspect").json()["headers"]
+    assert seen["x-service-key"] == "key-from-the-environment" and seen["x-fixed"] == "yes"
+    no_failure()

@@ -285,3 +285,33 @@ def test_build_app_serves_the_node_app_in_process(tmp_path):
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["status"] == 200 and result["answer"] == {"got": {"x": 1}}
     assert result["plain"][0] == 404 and "Bad path" in result["plain"][1]
+
+
+def test_an_upstream_header_naming_an_unset_variable_stops_the_chute_at_start_with_its_name(tmp_path):
+    """CHUTE_UPSTREAM_HEADERS values are read when the chute starts: a missing secret is one line."""
+    import os
+
+    from tests.platform.conftest import copy_module, demo_service
+    from tools.errors import ServiceError
+    from tools.gateway import start_platform
+
+    source = (
+        "import os\n"
+        "from chutes.chute import Chute\n"
+        "from tools.chute_wrappers import register_passthrough_routes, attach_service\n"
+        "chute = Chute(username='test', name='headers', image='unused')\n"
+        "register_passthrough_routes(chute, [{'path': '/v1/echo'}], int(os.environ['CHUTE_PORTS']),\n"
+        "                            upstream_headers={'Authorization': 'Bearer ${MISSING_SERVICE_KEY}'})\n"
+        "attach_service(chute, None, [int(os.environ['CHUTE_PORTS'])], timeout=30)\n"
+    )
+    directory = copy_module(tmp_path, "deploy_headers", source)
+    with demo_service(tmp_path) as service:
+        env = dict(os.environ, CHUTE_PORTS=service.rsplit(":", 1)[1], CHUTES_SERVICE_EXTERNAL="1")
+        env.pop("MISSING_SERVICE_KEY", None)
+        log_path = tmp_path / "platform.log"
+        with open(log_path, "wb") as log, pytest.raises(ServiceError, match="node exited with status 1"):
+            with start_platform("deploy_headers:chute", directory, env=env, log=log, timeout=60):
+                pass
+    text = log_path.read_text()
+    assert "CHUTE_UPSTREAM_HEADERS needs MISSING_SERVICE_KEY, which is not set" in text
+    assert "Traceback" not in text

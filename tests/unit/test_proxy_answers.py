@@ -10,8 +10,9 @@ from hypothesis import strategies as st
 from tools.proxy import _lines
 
 
-def plain(text) -> str:  # the stand-in cipher: what the gateway decrypts is what we encrypted
-    return text if isinstance(text, str) else text.decode("utf-8")
+def cipher(text) -> str:
+    """A stand-in for the node's encryption: one line of ASCII, whatever the text holds."""
+    return base64.b64encode(text.encode("utf-8") if isinstance(text, str) else text).decode()
 
 
 async def collect(chunks, text: bool) -> list[str]:
@@ -19,9 +20,10 @@ async def collect(chunks, text: bool) -> list[str]:
         for chunk in chunks:
             yield chunk
 
-    out = [line async for line in _lines(source(), text, plain)]
+    out = [line async for line in _lines(source(), text, cipher)]
     assert all(line.endswith(b"\n") and line.count(b"\n") == 1 for line in out)
-    return [line[:-1].decode() for line in out]
+    # as the gateway does: decrypt each line and decode it as UTF-8, strictly
+    return [base64.b64decode(line[:-1]).decode("utf-8") for line in out]
 
 
 async def test_a_chunk_that_splits_a_utf8_character_is_held_until_the_character_is_whole():

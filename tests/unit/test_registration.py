@@ -66,3 +66,41 @@ def test_summary_names_cords_catch_all_and_skips():
     assert "catch-all POST /proxy for 2 route template(s)" in text
     assert "skipped 1: GET /x/{y}" in text
     assert Plan().summary() == "registered 0 route(s)"
+
+
+# --- CHUTE_UPSTREAM_HEADERS -----------------------------------------------------------------------
+
+
+def test_upstream_headers_are_checked_and_resolved_from_the_environment_only():
+    from tools.registration import check_upstream_headers, resolve_upstream_headers
+
+    headers = check_upstream_headers({"Authorization": "Bearer ${SERVICE_KEY}", "Accept": "application/json"})
+    assert resolve_upstream_headers(headers, {"SERVICE_KEY": "s3cret"}) == {
+        "Authorization": "Bearer s3cret", "Accept": "application/json"}
+    with pytest.raises(WrapperError, match="needs SERVICE_KEY, which is not set") as info:
+        resolve_upstream_headers(headers, {})
+    assert "s3cret" not in str(info.value)
+    with pytest.raises(WrapperError, match="CR, LF or NUL"):
+        resolve_upstream_headers(headers, {"SERVICE_KEY": "a\r\nX-Evil: 1"})
+
+
+@pytest.mark.parametrize("headers, message", [
+    ({"Bad Name": "x"}, "not a valid header name"),
+    ({"Host": "x"}, "cannot be fixed"),
+    ({"X-A": "a\nb"}, "without CR, LF or NUL"),
+    ({"X-A": 5}, "must be a string"),
+    (["X-A"], "expected a dict"),
+])
+def test_bad_upstream_headers_are_one_line_errors(headers, message):
+    from tools.registration import check_upstream_headers
+
+    with pytest.raises(ManifestError, match=message):
+        check_upstream_headers(headers)
+
+
+def test_a_literal_secret_in_a_header_is_a_warning(caplog_loguru):
+    from tools.registration import check_upstream_headers
+
+    check_upstream_headers({"X-API-Key": "literal-key"})
+    assert any("looks secret" in line for line in caplog_loguru)
+    assert not any("literal-key" in line for line in caplog_loguru)

@@ -25,8 +25,6 @@ if TYPE_CHECKING:
     from chutes.image import Image
     from starlette.requests import Request
 
-    from tools.proxy import UpstreamPool
-
 # The HTTP methods whose body the gateway and the SDK's middleware read (api/invocation/router.py).
 BODY_METHODS = ("POST", "PUT", "PATCH")
 
@@ -38,7 +36,7 @@ BODY_METHODS = ("POST", "PUT", "PATCH")
 @dataclass
 class ChuteState:
     plans: list[Plan] = field(default_factory=list)
-    pool: "UpstreamPool | None" = None
+    resources: dict[str, Any] = field(default_factory=dict)
 
 
 _STATE: "weakref.WeakKeyDictionary[Any, ChuteState]" = weakref.WeakKeyDictionary()
@@ -65,15 +63,14 @@ def on_shutdown(chute: "Chute", hook: Callable[[], Awaitable[None]]) -> None:
     chute.router.on_shutdown.append(hook)
 
 
-def pool_of(chute: "Chute") -> "UpstreamPool":
-    """The chute's one pooled HTTP client (per event loop), closed when the chute stops."""
-    from tools.proxy import UpstreamPool
-
+def resource(chute: "Chute", name: str, factory: Callable[[], Any], close: str = "close") -> Any:
+    """One `factory()` per chute (the proxy cords' connection pool), its `close` coroutine run when
+    the chute stops."""
     state = state_of(chute)
-    if state.pool is None:
-        state.pool = UpstreamPool()
-        on_shutdown(chute, state.pool.close)
-    return state.pool
+    if name not in state.resources:
+        state.resources[name] = item = factory()
+        on_shutdown(chute, getattr(item, close))
+    return state.resources[name]
 
 
 def owner(chute: "Chute") -> str | None:
@@ -151,6 +148,26 @@ def _prune_shadowed_on_startup(chute: "Chute", ours: set[str]) -> None:
         for cord in [c for c in self.cords if function_name(c) in ours and (c.public_api_path, public_method(c)) in theirs]:
             self.cords.remove(cord)
             logger.info(f"{public_method(cord)} {cord.public_api_path}: the module's own cord serves it")
+
+
+def cord_records(chute: "Chute") -> list[dict[str, Any]]:
+    """The cord list `chutes deploy` sends to the API (chutes/entrypoint/deploy.py, "cords")."""
+    return [
+        {
+            "method": cord._method,
+            "path": cord.path,
+            "public_api_path": cord.public_api_path,
+            "public_api_method": cord._public_api_method,
+            "stream": cord._stream,
+            "function": cord._func.__name__,
+            "input_schema": cord.input_schema,
+            "output_schema": cord.output_schema,
+            "output_content_type": cord.output_content_type,
+            "minimal_input_schema": cord.minimal_input_schema,
+            "passthrough": cord._passthrough,
+        }
+        for cord in chute._cords
+    ]
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ validator, a GPU or the aegis native library is replaced, at the five patch poin
   4. `run.load_chute`: undoes the `CHUTES_DEV_MODE=true` that dev=True sets (it would mount cords
      at their public paths), and records the chute for point 3.
   5. `chute.initialize`: a startup failure exits at once (one line, status 1) instead of
-     `_logged_run`'s 60 s sleep before exiting.
+     `_logged_run`'s 60 s sleep before exiting; and a normal stop is not logged as a crash.
 
 TLS is absent: the node's mTLS certificate comes from aegis, which is not loaded, so `run_chute`
 serves plain HTTP. Callers must connect from a loopback address other than 127.0.0.1 (the gateway
@@ -218,6 +218,7 @@ def install_stand_ins(key: PlatformKey) -> None:
         target = chute.chute if hasattr(chute, "chute") else chute
         loaded["chute"] = target
         _exit_on_startup_failure(target)
+        _quiet_stop_logs()  # load_chute has just replaced loguru's sinks with its own
         return module, chute
 
     run.load_chute = load_chute
@@ -296,6 +297,23 @@ def serve(config: NodeConfig, key: PlatformKey) -> None:
         dev_job_method=None,
         generate_inspecto_hash=False,
     )
+
+
+def _quiet_stop_logs() -> None:
+    """A stop (Ctrl-C, SIGTERM) cancels `_run_chute`, which `_logged_run` logs as an "unexpected base
+    exception" with a traceback, and so is the exit after a failed startup: a normal stop must not look
+    like a crash, and a failed startup says why in one line, so those records are dropped."""
+    import sys
+
+    from loguru import logger
+
+    def keep(record: Any) -> bool:
+        # a stop cancels it; a failed startup exits after printing its reason on one line (point 5)
+        message = record["message"]
+        return not (record["function"] == "_logged_run" and ("CancelledError" in message or "SystemExit" in message))
+
+    logger.remove()
+    logger.add(sys.stdout, level="INFO", filter=keep)  # as chutes' load_chute configures it
 
 
 def _check_free(host: str, port: int, what: str) -> None:
