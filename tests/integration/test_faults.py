@@ -18,11 +18,10 @@ What the caller must get:
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
-import shutil
 import socket
-import subprocess
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +29,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from tests.conftest import ROOT, free_port, stop_process, wait_for_port
+from tests.conftest import free_port, stop_process
 from tests.support import bad_upstream
 from tools.proxy import SSE_ERROR_EVENT
 
@@ -161,30 +160,29 @@ def dechunk(data: bytes) -> tuple[bytes, bool]:
 
 @pytest.fixture(scope="module")
 def run_chute():
-    """Start a deploy module's chute; returns its base URL. Today `chutes run --dev` as
-    tests/integration/test_proxy_cords.py runs it; the platform-gateway path replaces this fixture."""
-    procs: list[subprocess.Popen] = []
+    """Start a deploy module's chute in front of a running service; returns its base URL. The SDK's
+    dev mode, started by the library as `deploy.sh --run --dev --no-service` does
+    (tools.run_dev.dev_stack), like tests/integration/test_proxy_cords.py; the platform's call path
+    (node and gateway) replaces this one fixture."""
+    import threading
+
+    from tools.run_dev import RunConfig, dev_stack
+
+    stacks = contextlib.ExitStack()
+    saved = dict(os.environ)
 
     def start(directory: Path, module: str, env: dict[str, str]) -> str:
-        chute_port, logging_port = free_port(), free_port()
-        chutes = ROOT / ".venv" / "bin" / "chutes"
-        log = open(directory / "chute.log", "wb")
-        proc = subprocess.Popen(
-            [str(chutes) if chutes.exists() else shutil.which("chutes"), "run", f"{module}:chute", "--dev",
-             "--host", "127.0.0.1", "--port", str(chute_port), "--logging-port", str(logging_port)],
-            cwd=directory, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            env=dict(os.environ, CHUTES_EXECUTION_CONTEXT="REMOTE", PYTHONPATH=str(ROOT), **env),
-        )
-        procs.append(proc)
-        try:
-            wait_for_port(chute_port, proc, timeout=90)
-        except Exception:
-            raise AssertionError((directory / "chute.log").read_text()[-3000:])
-        return f"http://127.0.0.1:{chute_port}"
+        os.environ.update(env)  # the module reads its ports at import, here and in the chute
+        config = RunConfig(str(directory / f"{module}.py"), port=free_port(), logging_port=free_port(),
+                           no_service=True, quiet=True, dev=True, timeout=90)
+        return stacks.enter_context(dev_stack(config, threading.Event())).base_url
 
-    yield start
-    for proc in reversed(procs):
-        stop_process(proc)
+    try:
+        yield start
+    finally:
+        stacks.close()
+        os.environ.clear()
+        os.environ.update(saved)
 
 
 @dataclass
