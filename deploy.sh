@@ -24,7 +24,7 @@ ACTIONS=(
   "Build|--validate|MODULE|Validate a module|Import the module, check manifest and routes, print its cords"
   "Build|--build|MODULE [--local]|Build the image|Build the wrapper image: --local with docker/podman, else on Chutes"
   "Local testing|--run|MODULE [--port N] [--logging-port N] [--no-service] [--timeout N] [--dev]|Run on this machine|Run the module's service and its chute here, called as on Chutes (--dev: SDK dev mode)"
-  "Local testing|--smoke|MODULE [--port N] [--logging-port N] [--no-service] [--timeout N] [--verbose] [--call-timeout N] [--dev]|Smoke-test every cord|Call every cord once through the chute as on Chutes; fail if any fails"
+  "Local testing|--smoke|MODULE [--port N] [--logging-port N] [--no-service] [--timeout N] [--verbose] [--call-timeout N] [--concurrency N] [--dev]|Smoke-test every cord|Call every cord once through the chute as on Chutes, a few at a time; fail if any fails"
   "Local testing|--run-docker|MODULE [--port N] [--gpus X] [--timeout N] [--image IMAGE] [--dev]|Run in a container|Run the built image with docker/podman, called as on Chutes; ports on 127.0.0.1 only"
   "Local testing|--cleanup||Remove leftover containers|Remove containers left behind by killed discovery and run-docker runs"
   "Cloud|--list-images||List images|List your images on Chutes"
@@ -38,8 +38,8 @@ ACTIONS=(
   "Management|--delete-image|IMAGE|Delete an image|Delete an image (type its name or id to confirm, or --yes)"
   "|--help||Show this help|Show this help"
 )
-VALUE_OPTIONS=(--port --logging-port --timeout --call-timeout --backfill --gpus --instance --image)
-NUMBER_OPTIONS=(--port --logging-port --timeout --call-timeout --backfill)
+VALUE_OPTIONS=(--port --logging-port --timeout --call-timeout --concurrency --backfill --gpus --instance --image)
+NUMBER_OPTIONS=(--port --logging-port --timeout --call-timeout --concurrency --backfill)
 PORT_OPTIONS=(--port --logging-port) # numbers in 1-65535 (tools/constants.py checks the same for the tools)
 readonly MAX_PORT=65535
 FLAG_OPTIONS=(--local --accept-fee --public --no-service --verbose --dev --yes --debug)
@@ -173,6 +173,8 @@ Options:
   --timeout N      seconds to wait: for the service and chute (--run, --smoke: 120),
                    the container (--run-docker: 600), the chute to get hot (--warmup: 600)
   --gpus X         --run-docker: auto (default: only with a GPU runtime), none, all, N, or 0,1
+  --call-timeout N --smoke: seconds for one call (default 20); a stream is read 3 s, then "streams"
+  --concurrency N  --smoke: calls at once (default 4, at most the chute's concurrency)
 
 MODULE is deploy_<name> (a deploy_*.py beside deploy.sh) or a path to one; CHUTE and IMAGE are a
 name or an id. --discover and --new pass the options after their value to their tool

@@ -117,7 +117,7 @@ def run(config: RunDockerConfig, stop: threading.Event) -> int:
         base_url = chute_url
         if key is not None:
             gateway, base_url = start_gateway(chute_url, f"{name}:chute", module.directory,
-                                              platform_env(None, key), config.port, echo=True)
+                                              platform_env(None, key), config.port, echo=True, source_address="")
             wait_until(lambda: http_answers(base_url + STATS_PATH), gateway, config.timeout, "the gateway", stop)
             print(f"the chute runs as on a Chutes node; callers go through the local gateway at {base_url}")
         print(cord_table(base_url, cords_of(module.chute)), flush=True)

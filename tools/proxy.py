@@ -32,7 +32,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from tools import sdk
 from tools.errors import BadRequest, UpstreamBroke
 from tools.registration import Target
-from tools.routes import Route
+from tools.routes import BODY_METHODS, UNDECLARED, Route
 
 SMALL_BODY = 1 << 20  # answers up to this size are read whole; larger ones are streamed
 CHUNK = 1 << 16
@@ -43,7 +43,7 @@ OFFLOAD_BYTES = 1 << 20  # callers' bodies above this are turned into the upstre
 # A raw request body (request kind "raw") in the caller's JSON; other keys become query parameters.
 RAW_BASE64_KEY, RAW_TEXT_KEY, RAW_TYPE_KEY = "body_base64", "body", "content_type"
 # Where a catch-all call carries the body, by the route's request kind (else "form").
-CATCH_ALL_BODY_KEY = {"json": "json", "raw": "raw"}
+CATCH_ALL_BODY_KEY = {"json": "json", "raw": "raw", UNDECLARED: "json"}
 _HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade",
                 "proxy-authenticate", "proxy-authorization", "content-length", "content-encoding"}
 _DATA_URL_RE = re.compile(r"^data:([^;,]*)(;[^,]*)?,(.*)$", re.S)
@@ -156,14 +156,35 @@ def _decode_file(key: str, value: Any) -> tuple[bytes, str | None]:
         raise BadRequest(f"{key}: not valid base64") from None
 
 
+def request_kind(target: Target) -> str:
+    """The kind this cord sends: the manifest's, except that override `file_fields` make a JSON,
+    bodiless or undeclared route a multipart upload (the spec did not say it takes files)."""
+    kind = target.route.request_kind
+    if target.file_fields and kind in ("json", "none", UNDECLARED):
+        return "multipart"
+    return kind
+
+
 def build_outgoing(target: Target, payload: Any, caller_query: list[tuple[str, str]], path: str | None = None) -> Outgoing:
-    """The upstream request for one call, from the caller's JSON and the caller's own query string."""
+    """The upstream request for one call, from the caller's JSON and the caller's own query string.
+
+    `payload` is None when the caller sent no body at all, which is not the same as `{}`: an empty
+    object is sent as `{}`, and a missing body on a route that takes one is a BadRequest (400).
+    """
     route = target.route
+    kind = request_kind(target)
     out = Outgoing(method=route.method, path=path or route.upstream_path, params=list(caller_query))
+    takes_body = route.method in BODY_METHODS
     if payload is None:
+        if takes_body and kind in ("json", "multipart", "form", "raw"):
+            raise BadRequest(f"{route.method} {route.upstream_path} takes a {_kind_words(kind, route)}: "
+                             "send it as the request's JSON body (the call had none)")
         payload = {}
+        sent = False
+    else:
+        sent = True
     if not isinstance(payload, dict):
-        if route.request_kind == "json":
+        if kind == "json":
             out.json_body, out.has_json = payload, True
             return out
         raise BadRequest("expected a JSON object")
@@ -174,19 +195,29 @@ def build_outgoing(target: Target, payload: Any, caller_query: list[tuple[str, s
             raise BadRequest("_query: expected an object")
         for key, value in query.items():
             out.params += _param_values(key, value)
-    kind = route.request_kind
     if kind == "raw":
         out.data, out.headers["Content-Type"] = _raw_body(route, body)
     declared = set(route.query_params)
+    everything_to_query = kind in ("none", "raw") or (kind == UNDECLARED and not takes_body)
     for key in list(body):
-        if kind in ("none", "raw") or key in declared:
+        if everything_to_query or key in declared:
             out.params += _param_values(key, body.pop(key))
-    if kind == "json":
-        if body or payload:
+    if kind == "json" or (kind == UNDECLARED and takes_body):
+        # On POST/PUT/PATCH `{}` is a body (a service reading JSON answers 415 to none at all); on
+        # GET/DELETE a body is sent only when there is something in it.
+        if (sent and takes_body) or body:
             out.json_body, out.has_json = body, True
     elif kind in ("multipart", "form"):
         out.data = _form_data(target, body, force_multipart=kind == "multipart")
     return out
+
+
+def _kind_words(kind: str, route: Route) -> str:
+    if kind == "raw":
+        return f"raw {route.request_content_type or 'binary'} body (\"{RAW_BASE64_KEY}\" or \"{RAW_TEXT_KEY}\")"
+    if kind == "json":
+        return "JSON body"
+    return f"{kind} body (file fields as \"<field>_base64\")"
 
 
 def _raw_body(route: Route, body: dict) -> tuple[bytes, str]:

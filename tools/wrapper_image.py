@@ -165,6 +165,7 @@ def context_files(module_file: str | None, cwd: str | None = None) -> list[tuple
     files: list[tuple[str, str]] = []
     if os.path.isfile(os.path.join(cwd, "tools", "__init__.py")):
         files.append(("tools/*.py", f"{APP_DIR}/tools/"))
+        files.append(("tools/sdk/*.py", f"{APP_DIR}/tools/sdk/"))
     if module_file:
         module_path = os.path.realpath(module_file)
         manifest = str(manifest_path(module_path))
