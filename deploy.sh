@@ -40,6 +40,8 @@ ACTIONS=(
 )
 VALUE_OPTIONS=(--port --logging-port --timeout --call-timeout --concurrency --backfill --gpus --instance --image)
 NUMBER_OPTIONS=(--port --logging-port --timeout --call-timeout --concurrency --backfill)
+PORT_OPTIONS=(--port --logging-port) # numbers in 1-65535 (tools/constants.py checks the same for the tools)
+readonly MAX_PORT=65535
 FLAG_OPTIONS=(--local --accept-fee --public --no-service --verbose --dev --yes --debug)
 PASSTHROUGH_ACTIONS=(--discover --new) # their tool parses what follows the value
 
@@ -198,6 +200,11 @@ need_value() {
   fi
 }
 
+# Usage: is_port DIGITS — in 1-65535 (more than 5 significant digits would overflow Bash's arithmetic).
+is_port() {
+  [[ "$1" =~ ^0*([0-9]{1,5})$ ]] && ((10#${BASH_REMATCH[1]} >= 1 && 10#${BASH_REMATCH[1]} <= MAX_PORT))
+}
+
 parse_args() {
   local arg
   while (($# > 0)); do
@@ -229,6 +236,9 @@ parse_args() {
           need_value "${arg}" "$#" "${2:-}"
           if in_list "${arg}" "${NUMBER_OPTIONS[@]}" && [[ ! "$2" =~ ^[0-9]+$ ]]; then
             die_usage "${arg} needs a number, got '$2'"
+          fi
+          if in_list "${arg}" "${PORT_OPTIONS[@]}" && ! is_port "$2"; then
+            die_usage "${arg} needs a port number (1-${MAX_PORT}), got '$2'"
           fi
           OPTIONS+=("${arg}" "$2")
           shift
@@ -264,6 +274,21 @@ check_args() {
   elif ((${#POSITIONALS[@]} > 0)); then
     die_usage "unexpected argument '${POSITIONALS[0]}' for ${ACTION}"
   fi
+  check_logging_port
+}
+
+# Usage: check_logging_port — the chute's logging port, port+1 unless given, must be a port too.
+check_logging_port() {
+  local port
+  port="$(option_value --port)"
+  [[ -n "${port}" && -z "$(option_value --logging-port)" ]] || return 0
+  case "${ACTION}" in
+    --run | --smoke | --run-docker)
+      if ((10#${port} + 1 > MAX_PORT)); then
+        die_usage "--port ${port}: the chute's logging port would be $((10#${port} + 1)), above ${MAX_PORT}; pick a lower --port or give --logging-port"
+      fi
+      ;;
+  esac
 }
 
 # Usage: has_option OPTION — given on the command line.
@@ -299,6 +324,8 @@ tool() {
 }
 
 # Usage: exec_tool MODULE ARGS... — the same, replacing this shell (its exit status is the tool's).
+# Every long action ends with it: a signal sent to deploy.sh alone (`kill PID`, a process manager, a CI
+# runner) then reaches the tool, which cleans up (containers, children) instead of running on orphaned.
 exec_tool() {
   local python
   python="$(venv_python)"
@@ -490,18 +517,26 @@ cmd_new() {
   tool new_module "${name}" "${extra[@]}" "${DEBUG_ARGS[@]}"
 }
 
-# Usage: discover MODULE_PATH [OPTIONS...] — route discovery for a module (asks for delays on a terminal).
-discover() {
-  local -a cmd=(discover_routes --chute-file "$1" "${@:2}")
+# Usage: discover_command MODULE_PATH [OPTIONS...] — DISCOVER_CMD: the tool and arguments of route
+# discovery for a module (asking for delays on a terminal).
+discover_command() {
+  DISCOVER_CMD=(discover_routes --chute-file "$1" "${@:2}")
   if [[ -t 0 ]] && ! has_option --yes; then
-    cmd+=(--interactive)
+    DISCOVER_CMD+=(--interactive)
   fi
-  tool "${cmd[@]}"
+}
+DISCOVER_CMD=()
+
+# Usage: discover MODULE_PATH [OPTIONS...] — route discovery for a module, when more follows it.
+discover() {
+  discover_command "$@"
+  tool "${DISCOVER_CMD[@]}"
 }
 
 cmd_discover() {
   value_or_pick_module "discover routes for" || return
-  discover "${PICKED}" "${PASS[@]}" "${DEBUG_ARGS[@]}"
+  discover_command "${PICKED}" "${PASS[@]}" "${DEBUG_ARGS[@]}"
+  exec_tool "${DISCOVER_CMD[@]}"
 }
 
 cmd_validate() {
@@ -534,7 +569,7 @@ cmd_build() {
       return 0
     }
   fi
-  tool "${cmd[@]}"
+  exec_tool "${cmd[@]}"
 }
 
 cmd_run() {
@@ -557,7 +592,7 @@ cmd_run_docker() {
     fi
   done
   if has_option --dev; then cmd+=(--dev); fi
-  tool "${cmd[@]}" "${DEBUG_ARGS[@]}"
+  exec_tool "${cmd[@]}" "${DEBUG_ARGS[@]}"
 }
 
 cmd_cleanup() {
@@ -591,7 +626,7 @@ cmd_deploy() {
     printf 'Cancelled: nothing was deployed.\n'
     return 0
   }
-  tool "${cmd[@]}"
+  exec_tool "${cmd[@]}"
 }
 
 cmd_status() {
@@ -608,7 +643,7 @@ cmd_logs() {
       cmd+=("${option}" "$(option_value "${option}")")
     fi
   done
-  tool "${cmd[@]}" "${DEBUG_ARGS[@]}"
+  exec_tool "${cmd[@]}" "${DEBUG_ARGS[@]}"
 }
 
 cmd_warmup() {
@@ -617,7 +652,7 @@ cmd_warmup() {
   if [[ -n "$(option_value --timeout)" ]]; then
     cmd+=(--timeout "$(option_value --timeout)")
   fi
-  tool "${cmd[@]}" "${DEBUG_ARGS[@]}"
+  exec_tool "${cmd[@]}" "${DEBUG_ARGS[@]}"
 }
 
 cmd_keep_warm() {
@@ -628,7 +663,7 @@ cmd_keep_warm() {
     seconds="${ANSWER}"
   fi
   value_or_pick_remote chutes "keep warm" || return
-  tool cli_cloud keep-warm "${PICKED}" --interval "${seconds}" "${DEBUG_ARGS[@]}"
+  exec_tool cli_cloud keep-warm "${PICKED}" --interval "${seconds}" "${DEBUG_ARGS[@]}"
 }
 
 # Usage: delete_remote chutes|images — resolve, confirm by typing the name or id, delete.

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import time
 
@@ -99,6 +100,10 @@ def warmup(args: argparse.Namespace) -> int:
         time.sleep(min(args.interval, max(0.0, args.timeout - elapsed)))
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def keep_warm(args: argparse.Namespace) -> int:
     if args.interval <= 0:
         raise WrapperError("--keep-warm needs a positive number of seconds")
@@ -106,6 +111,8 @@ def keep_warm(args: argparse.Namespace) -> int:
     name = str(api.get_object("chutes", args.name).get("name") or args.name)
     print(f"keeping {name} warm: a warmup every {args.interval:g}s; Ctrl-C stops", flush=True)
     rounds = failures = 0
+    # SIGTERM (`kill PID` on deploy.sh, which execs this; a process manager; CI) stops it as Ctrl-C does
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         while args.rounds is None or rounds < args.rounds:
             stamp = time.strftime("%H:%M:%S")

@@ -219,6 +219,10 @@ def main(argv: list[str] | None = None) -> None:
         run_cli(cleanup, debug=args.debug, prog="deploy.sh --cleanup")
     if not args.module:
         parser.error("a deploy module is needed")
+    try:  # the chute's logging port inside the container is --port + 1: a usage error, not a failure
+        chute_ports(args.port, None)
+    except WrapperError as exc:
+        parser.error(str(exc))
     config = RunDockerConfig(args.module, args.port, args.gpus, args.timeout, args.image, args.debug, args.dev)
 
     def go() -> int:

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence, TextIO
 from urllib.parse import urljoin, urlsplit
 
-from tools.constants import ENV_KEY_RE
+from tools.constants import ENV_KEY_RE, port_argument
 from tools.containers import (
     LABEL,
     LABEL_CHUTE,
@@ -858,7 +858,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("module", nargs="?", help="deploy module (same as --chute-file)")
     p.add_argument("--chute-file", help="deploy module (deploy_x, deploy_x.py or a path): runs its CHUTE_BASE_IMAGE")
     p.add_argument("--base-url", help="probe a running service instead of starting a container")
-    p.add_argument("--port", type=int, action="append", default=[], help="service port to probe (repeatable)")
+    p.add_argument("--port", type=port_argument, action="append", default=[], help="service port to probe (repeatable)")
     p.add_argument("--startup-delay", type=_seconds, help="longest wait, in seconds, for the service to start answering "
                    f"(an upper bound, not a sleep; default {DEFAULT_STARTUP_DELAY:g}, {URL_STARTUP_DELAY:g} with --base-url)")
     p.add_argument("--probe-timeout", type=_seconds, help="then longest wait per port for its spec while it "

@@ -33,7 +33,7 @@ from tools.proxy import CATCH_ALL_BODY_KEY, RAW_BASE64_KEY, RAW_TEXT_KEY, RAW_TY
 from tools.routes import BODY_METHODS, Route
 from tools.cord_table import Cord
 from tools.processes import stop_on_signals
-from tools.run_dev import RunConfig, add_stack_arguments, dev_stack, stack_config
+from tools.run_dev import RunConfig, add_stack_arguments, check_chute_ports, dev_stack, stack_config
 
 CALL_TIMEOUT = 20.0  # seconds for one call, answer included
 STREAM_WINDOW = 3.0  # an answer that streams is read this long ...
@@ -333,6 +333,7 @@ def main(argv: list[str] | None = None) -> None:
                         help=f"calls at once, at most the chute's concurrency (default {CONCURRENCY})")
     parser.add_argument("--verbose", action="store_true", help="show the service's and the chute's logs")
     args = parser.parse_args(argv)
+    check_chute_ports(parser, args.port, args.logging_port)
     config = stack_config(args, quiet=not args.verbose)
     limits = Limits(call_timeout=args.call_timeout, stream_window=min(args.stream_window, args.call_timeout),
                     concurrency=args.concurrency)
