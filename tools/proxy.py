@@ -27,7 +27,7 @@ from urllib.parse import quote
 import aiohttp
 from loguru import logger
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, Response
 
 from tools import sdk
 from tools.errors import BadRequest, UpstreamBroke
@@ -466,7 +466,7 @@ async def forward(pool: UpstreamPool, target: Target, outgoing: Outgoing, call: 
     if encrypt is not None and call is not None and call.stream:
         # The gateway reads this call's answer as lines, whatever the service sent.
         lines = _lines(_chunks(upstream, sse, too_slow), _is_text(content_type) or not content_type, encrypt)
-        return StreamingResponse(lines, status_code=status, media_type="text/event-stream" if sse else None)
+        return sdk.abortable_stream(lines, status_code=status, media_type="text/event-stream" if sse else None)
     if encrypt is not None or not (route.stream or sse or chunked or (upstream.content_length or 0) > SMALL_BODY):
         # Whole: the gateway decodes one envelope; a chunked answer on a non-stream call is read whole.
         try:
@@ -483,7 +483,7 @@ async def forward(pool: UpstreamPool, target: Target, outgoing: Outgoing, call: 
         return {"type": "Response", "status_code": status,
                 "headers": {name.decode(): value.decode("latin-1") for name, value in headers},
                 "media_type": content_type or None, "body": encrypt(raw)}
-    response = StreamingResponse(_chunks(upstream, sse, too_slow), status_code=status)
+    response = sdk.abortable_stream(_chunks(upstream, sse, too_slow), status_code=status)
     if upstream.content_length is not None and not (route.stream or sse):
         response.raw_headers.append((b"content-length", str(upstream.content_length).encode()))
     return _with_headers(response, headers)

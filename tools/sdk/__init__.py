@@ -275,6 +275,41 @@ async def incoming(request: "Request", cord_stream: bool = False) -> Call:
 
 
 # --------------------------------------------------------------------------------------------------
+# Answers that can end abnormally
+
+
+class _Abort:
+    """Not bytes: the server cannot write it, fails the response and closes the connection."""
+
+
+def abortable_stream(chunks: Any, **kwargs: Any) -> Any:
+    """A StreamingResponse that ends abnormally (the connection closed, no final chunk) when
+    `chunks` raises UpstreamBroke, so a caller can tell a cut answer from a complete one.
+
+    Raising alone does not do it here: the SDK's middlewares (DevMiddleware, GraValMiddleware) are
+    Starlette `BaseHTTPMiddleware`s, which end the outer answer cleanly when the inner app's body
+    raises (starlette/middleware/base.py) and report the error only afterwards. A body message that
+    is not bytes goes through them to the server (hypercorn), which then drops the connection.
+    """
+    from starlette.responses import StreamingResponse
+
+    from tools.errors import UpstreamBroke
+
+    class Abortable(StreamingResponse):
+        async def stream_response(self, send: Any) -> None:
+            await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+            try:
+                async for chunk in self.body_iterator:
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            except UpstreamBroke:
+                await send({"type": "http.response.body", "body": _Abort(), "more_body": True})
+                raise
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    return Abortable(chunks, **kwargs)
+
+
+# --------------------------------------------------------------------------------------------------
 # Images
 
 
