@@ -24,7 +24,7 @@ ACTIONS=(
   "Build|--validate|MODULE|Validate a module|Import the module, check manifest and routes, print its cords"
   "Build|--build|MODULE [--local]|Build the image|Build the wrapper image: --local with docker/podman, else on Chutes"
   "Local testing|--run|MODULE [--port N] [--logging-port N] [--no-service] [--timeout N] [--dev]|Run on this machine|Run the module's service and its chute here, called as on Chutes (--dev: SDK dev mode)"
-  "Local testing|--smoke|MODULE [--port N] [--logging-port N] [--no-service] [--timeout N] [--verbose] [--call-timeout N] [--dev]|Smoke-test every cord|Call every cord once through the chute as on Chutes; fail if any fails"
+  "Local testing|--smoke|MODULE [--port N] [--logging-port N] [--no-service] [--timeout N] [--verbose] [--call-timeout N] [--concurrency N] [--dev]|Smoke-test every cord|Call every cord once through the chute as on Chutes, a few at a time; fail if any fails"
   "Local testing|--run-docker|MODULE [--port N] [--gpus X] [--timeout N] [--image IMAGE] [--dev]|Run in a container|Run the built image with docker/podman, called as on Chutes; ports on 127.0.0.1 only"
   "Local testing|--cleanup||Remove leftover containers|Remove containers left behind by killed discovery and run-docker runs"
   "Cloud|--list-images||List images|List your images on Chutes"
@@ -38,8 +38,10 @@ ACTIONS=(
   "Management|--delete-image|IMAGE|Delete an image|Delete an image (type its name or id to confirm, or --yes)"
   "|--help||Show this help|Show this help"
 )
-VALUE_OPTIONS=(--port --logging-port --timeout --call-timeout --backfill --gpus --instance --image)
-NUMBER_OPTIONS=(--port --logging-port --timeout --call-timeout --backfill)
+VALUE_OPTIONS=(--port --logging-port --timeout --call-timeout --concurrency --backfill --gpus --instance --image)
+NUMBER_OPTIONS=(--port --logging-port --timeout --call-timeout --concurrency --backfill)
+PORT_OPTIONS=(--port --logging-port) # numbers in 1-65535 (tools/constants.py checks the same for the tools)
+readonly MAX_PORT=65535
 FLAG_OPTIONS=(--local --accept-fee --public --no-service --verbose --dev --yes --debug)
 PASSTHROUGH_ACTIONS=(--discover --new) # their tool parses what follows the value
 
@@ -171,6 +173,8 @@ Options:
   --timeout N      seconds to wait: for the service and chute (--run, --smoke: 120),
                    the container (--run-docker: 600), the chute to get hot (--warmup: 600)
   --gpus X         --run-docker: auto (default: only with a GPU runtime), none, all, N, or 0,1
+  --call-timeout N --smoke: seconds for one call (default 20); a stream is read 3 s, then "streams"
+  --concurrency N  --smoke: calls at once (default 4, at most the chute's concurrency)
 
 MODULE is deploy_<name> (a deploy_*.py beside deploy.sh) or a path to one; CHUTE and IMAGE are a
 name or an id. --discover and --new pass the options after their value to their tool
@@ -194,6 +198,11 @@ need_value() {
   if (($2 < 2)) || [[ -z "$3" || "$3" == --* ]]; then
     die_usage "$1 needs a value"
   fi
+}
+
+# Usage: is_port DIGITS — in 1-65535 (more than 5 significant digits would overflow Bash's arithmetic).
+is_port() {
+  [[ "$1" =~ ^0*([0-9]{1,5})$ ]] && ((10#${BASH_REMATCH[1]} >= 1 && 10#${BASH_REMATCH[1]} <= MAX_PORT))
 }
 
 parse_args() {
@@ -227,6 +236,9 @@ parse_args() {
           need_value "${arg}" "$#" "${2:-}"
           if in_list "${arg}" "${NUMBER_OPTIONS[@]}" && [[ ! "$2" =~ ^[0-9]+$ ]]; then
             die_usage "${arg} needs a number, got '$2'"
+          fi
+          if in_list "${arg}" "${PORT_OPTIONS[@]}" && ! is_port "$2"; then
+            die_usage "${arg} needs a port number (1-${MAX_PORT}), got '$2'"
           fi
           OPTIONS+=("${arg}" "$2")
           shift
@@ -262,6 +274,21 @@ check_args() {
   elif ((${#POSITIONALS[@]} > 0)); then
     die_usage "unexpected argument '${POSITIONALS[0]}' for ${ACTION}"
   fi
+  check_logging_port
+}
+
+# Usage: check_logging_port — the chute's logging port, port+1 unless given, must be a port too.
+check_logging_port() {
+  local port
+  port="$(option_value --port)"
+  [[ -n "${port}" && -z "$(option_value --logging-port)" ]] || return 0
+  case "${ACTION}" in
+    --run | --smoke | --run-docker)
+      if ((10#${port} + 1 > MAX_PORT)); then
+        die_usage "--port ${port}: the chute's logging port would be $((10#${port} + 1)), above ${MAX_PORT}; pick a lower --port or give --logging-port"
+      fi
+      ;;
+  esac
 }
 
 # Usage: has_option OPTION — given on the command line.
@@ -305,6 +332,8 @@ tool() {
 }
 
 # Usage: exec_tool MODULE ARGS... — the same, replacing this shell (its exit status is the tool's).
+# Every long action ends with it: a signal sent to deploy.sh alone (`kill PID`, a process manager, a CI
+# runner) then reaches the tool, which cleans up (containers, children) instead of running on orphaned.
 exec_tool() {
   local python
   python="$(venv_python)"
@@ -496,18 +525,26 @@ cmd_new() {
   tool new_module "${name}" "${extra[@]}" "${DEBUG_ARGS[@]}"
 }
 
-# Usage: discover MODULE_PATH [OPTIONS...] — route discovery for a module (asks for delays on a terminal).
-discover() {
-  local -a cmd=(discover_routes --chute-file "$1" "${@:2}")
+# Usage: discover_command MODULE_PATH [OPTIONS...] — DISCOVER_CMD: the tool and arguments of route
+# discovery for a module (asking for delays on a terminal).
+discover_command() {
+  DISCOVER_CMD=(discover_routes --chute-file "$1" "${@:2}")
   if [[ -t 0 ]] && ! has_option --yes; then
-    cmd+=(--interactive)
+    DISCOVER_CMD+=(--interactive)
   fi
-  tool "${cmd[@]}"
+}
+DISCOVER_CMD=()
+
+# Usage: discover MODULE_PATH [OPTIONS...] — route discovery for a module, when more follows it.
+discover() {
+  discover_command "$@"
+  tool "${DISCOVER_CMD[@]}"
 }
 
 cmd_discover() {
   value_or_pick_module "discover routes for" || return
-  discover "${PICKED}" "${PASS[@]}" "${DEBUG_ARGS[@]}"
+  discover_command "${PICKED}" "${PASS[@]}" "${DEBUG_ARGS[@]}"
+  exec_tool "${DISCOVER_CMD[@]}"
 }
 
 cmd_validate() {
@@ -540,7 +577,7 @@ cmd_build() {
       return 0
     }
   fi
-  tool "${cmd[@]}"
+  exec_tool "${cmd[@]}"
 }
 
 cmd_run() {
@@ -563,7 +600,7 @@ cmd_run_docker() {
     fi
   done
   if has_option --dev; then cmd+=(--dev); fi
-  tool "${cmd[@]}" "${DEBUG_ARGS[@]}"
+  exec_tool "${cmd[@]}" "${DEBUG_ARGS[@]}"
 }
 
 cmd_cleanup() {
@@ -597,7 +634,7 @@ cmd_deploy() {
     printf 'Cancelled: nothing was deployed.\n'
     return 0
   }
-  tool "${cmd[@]}"
+  exec_tool "${cmd[@]}"
 }
 
 cmd_status() {
@@ -614,7 +651,7 @@ cmd_logs() {
       cmd+=("${option}" "$(option_value "${option}")")
     fi
   done
-  tool "${cmd[@]}" "${DEBUG_ARGS[@]}"
+  exec_tool "${cmd[@]}" "${DEBUG_ARGS[@]}"
 }
 
 cmd_warmup() {
@@ -623,7 +660,7 @@ cmd_warmup() {
   if [[ -n "$(option_value --timeout)" ]]; then
     cmd+=(--timeout "$(option_value --timeout)")
   fi
-  tool "${cmd[@]}" "${DEBUG_ARGS[@]}"
+  exec_tool "${cmd[@]}" "${DEBUG_ARGS[@]}"
 }
 
 cmd_keep_warm() {
@@ -634,7 +671,7 @@ cmd_keep_warm() {
     seconds="${ANSWER}"
   fi
   value_or_pick_remote chutes "keep warm" || return
-  tool cli_cloud keep-warm "${PICKED}" --interval "${seconds}" "${DEBUG_ARGS[@]}"
+  exec_tool cli_cloud keep-warm "${PICKED}" --interval "${seconds}" "${DEBUG_ARGS[@]}"
 }
 
 # Usage: delete_remote chutes|images — resolve, confirm by typing the name or id, delete.

@@ -227,4 +227,8 @@ def _handler(chute: "Chute", item: CordPlan):
     pool = _pool(chute)
     if item.kind == "catch-all":
         return make_catch_all_handler(pool, list(item.templates))
+    if item.route.gradio is not None:  # a Gradio function: its cord runs Gradio's two-step call
+        from tools.gradio_app import make_gradio_handler
+
+        return make_gradio_handler(pool, item.target.port, item.route.gradio, item.target.timeout)
     return make_handler(pool, item.target, stream=item.stream)

@@ -10,14 +10,37 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
 import sys
 import time
+from dataclasses import dataclass
+from typing import Iterator
 
 from tools import chutes_api
 from tools.chutes_api import APIError
+from tools.constants import DEFAULT_SERVICE_TIMEOUT
 from tools.errors import WrapperError, run_cli
 
 KINDS = ("chutes", "images")
+
+
+@dataclass
+class CloudCommand:
+    """One run of this CLI: pick/resolve for deploy.sh's pickers, warmup, keep-warm, logs."""
+
+    command: str
+    kind: str = "chutes"
+    ref: str = ""
+    name: str = ""
+    page: int = 0
+    limit: int = 10
+    timeout: float = DEFAULT_SERVICE_TIMEOUT
+    interval: float = 10
+    rounds: int | None = None
+    instance: str | None = None
+    backfill: int = 100
+    debug: bool = False
 
 
 def clean(value: object) -> str:
@@ -33,7 +56,7 @@ def row_of(kind: str, item: dict) -> tuple[str, str, str]:
     return clean(item.get("image_id")), name, clean(item.get("status"))
 
 
-def pick(args: argparse.Namespace) -> int:
+def pick(args: CloudCommand) -> int:
     total, items = chutes_api.client().list_objects(args.kind, page=args.page, limit=args.limit)
     print(f"TOTAL\t{total}")
     for item in items:
@@ -41,7 +64,7 @@ def pick(args: argparse.Namespace) -> int:
     return 0
 
 
-def resolve(args: argparse.Namespace) -> int:
+def resolve(args: CloudCommand) -> int:
     item = chutes_api.client().get_object(args.kind, args.ref)
     ident, name, _ = row_of(args.kind, item)
     if not ident:
@@ -78,7 +101,7 @@ class Progress:
             sys.stdout.flush()
 
 
-def warmup(args: argparse.Namespace) -> int:
+def warmup(args: CloudCommand) -> int:
     api = chutes_api.client()
     chute = api.get_object("chutes", args.name)  # a clear "no chute named ..." before anything else
     name = str(chute.get("name") or args.name)
@@ -99,7 +122,22 @@ def warmup(args: argparse.Namespace) -> int:
         time.sleep(min(args.interval, max(0.0, args.timeout - elapsed)))
 
 
-def keep_warm(args: argparse.Namespace) -> int:
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def sigterm_like_ctrl_c() -> Iterator[None]:
+    """SIGTERM (`kill PID` on deploy.sh, which execs this; a process manager; CI) stops a long
+    action as Ctrl-C does; the previous handler comes back after."""
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def keep_warm(args: CloudCommand) -> int:
     if args.interval <= 0:
         raise WrapperError("--keep-warm needs a positive number of seconds")
     api = chutes_api.client()
@@ -149,7 +187,7 @@ def choose_instance(instances: list[dict], wanted: str | None) -> dict:
     return ranked[int(answer) - 1]
 
 
-def logs(args: argparse.Namespace) -> int:
+def logs(args: CloudCommand) -> int:
     api = chutes_api.client(prefer_api_key=True)
     chute = api.get_object("chutes", args.name)
     name = str(chute.get("name") or args.name)
@@ -187,7 +225,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("ref")
     p = sub.add_parser("warmup", parents=[common])
     p.add_argument("name")
-    p.add_argument("--timeout", type=float, default=600, help="seconds to wait for 'hot' (default 600)")
+    p.add_argument("--timeout", type=float, default=DEFAULT_SERVICE_TIMEOUT,
+                   help=f"seconds to wait for 'hot' (default {DEFAULT_SERVICE_TIMEOUT:g})")
     p.add_argument("--interval", type=float, default=10, help="seconds between checks (default 10)")
     p = sub.add_parser("keep-warm", parents=[common])
     p.add_argument("name")
@@ -197,10 +236,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("name")
     p.add_argument("--instance", help="instance id (default: the first active one, or ask)")
     p.add_argument("--backfill", type=int, default=100, help="earlier lines to show first (default 100)")
-    args = parser.parse_args(argv)
+    args = CloudCommand(**vars(parser.parse_args(argv)))
     action = {"pick": pick, "resolve": resolve, "warmup": warmup, "keep-warm": keep_warm, "logs": logs}[args.command]
     prog = "deploy.sh" if args.command in ("pick", "resolve") else f"deploy.sh --{args.command}"
-    run_cli(lambda: action(args), debug=args.debug, prog=prog)
+
+    def go() -> int:
+        with sigterm_like_ctrl_c():
+            return action(args)
+
+    run_cli(go, debug=args.debug, prog=prog)
 
 
 if __name__ == "__main__":

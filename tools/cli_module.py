@@ -31,6 +31,22 @@ def plan_lines(plan: Plan) -> list[str]:
     return lines
 
 
+def gradio_hint_of(module) -> str | None:
+    """Evidence that the module wraps a Gradio app without exposing a function (tools.gradio_app)."""
+    from tools.gradio_app import gradio_hint
+    from tools.routes import read_manifest_file
+
+    routes, skipped = [], []
+    for plan in sdk.plans_of(module.chute):
+        routes += [cord.route for cord in plan.registered] + [route for route, _ in plan.skipped]
+    if module.manifest_path.is_file():
+        try:
+            skipped = read_manifest_file(module.manifest_path).skipped
+        except WrapperError:
+            pass  # the module's own import has already judged its manifest
+    return gradio_hint(routes, skipped, module.base_image)
+
+
 def validate(config: ValidateConfig) -> int:
     module = deploy_module.load(config.module)
     problems = module.problems()
@@ -46,6 +62,10 @@ def validate(config: ValidateConfig) -> int:
     print(f"manifest:  {module.manifest_source()}")
     for plan in sdk.plans_of(chute):
         print("\n".join(plan_lines(plan)))
+    hint = gradio_hint_of(module)
+    if hint:
+        print(f"warning:   {module.path.name} seems to wrap a Gradio app ({hint}) but exposes none of its functions: "
+              f"run ./deploy.sh --discover {module.name} while the app runs")
     cords = cords_of(chute)
     if not cords:
         raise WrapperError(f"{module.path.name} registers no cord", "discover routes (--discover) or set CHUTE_STATIC_ROUTES")

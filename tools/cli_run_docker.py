@@ -117,7 +117,7 @@ def run(config: RunDockerConfig, stop: threading.Event) -> int:
         base_url = chute_url
         if key is not None:
             gateway, base_url = start_gateway(chute_url, f"{name}:chute", module.directory,
-                                              platform_env(None, key), config.port, echo=True)
+                                              platform_env(None, key), config.port, echo=True, source_address="")
             wait_until(lambda: http_answers(base_url + STATS_PATH), gateway, config.timeout, "the gateway", stop)
             print(f"the chute runs as on a Chutes node; callers go through the local gateway at {base_url}")
         print(cord_table(base_url, cords_of(module.chute)), flush=True)
@@ -219,6 +219,10 @@ def main(argv: list[str] | None = None) -> None:
         run_cli(cleanup, debug=args.debug, prog="deploy.sh --cleanup")
     if not args.module:
         parser.error("a deploy module is needed")
+    try:  # the chute's logging port inside the container is --port + 1: a usage error, not a failure
+        chute_ports(args.port, None)
+    except WrapperError as exc:
+        parser.error(str(exc))
     config = RunDockerConfig(args.module, args.port, args.gpus, args.timeout, args.image, args.debug, args.dev)
 
     def go() -> int:

@@ -268,6 +268,19 @@ def secret_values(env: Mapping[str, str]) -> list[str]:
     return [value for key, value in env.items() if SECRET_KEY_RE.search(key) and len(value) >= 4]
 
 
+def is_chutes_secret(name: str) -> bool:
+    """A Chutes credential by its name: CHUTES_API_KEY, a hotkey seed, anything CHUTES_* that
+    SECRET_KEY_RE calls secret (the local platform's shared key too)."""
+    upper = name.upper()
+    return upper.startswith("CHUTES_") and bool(SECRET_KEY_RE.search(upper) or "SEED" in upper or "JWT" in upper)
+
+
+def without_chutes_secrets(env: Mapping[str, str]) -> dict[str, str]:
+    """`env` without Chutes credentials, for the wrapped service (not ours, it has no use for them)
+    and for `chutes run` on this machine (the tools that call the API read them in their own process)."""
+    return {key: value for key, value in env.items() if not is_chutes_secret(key)}
+
+
 def write_env_file(env: Mapping[str, str]) -> Path:
     """KEY=VALUE lines in a new private directory (0700), the file itself 0600."""
     for key, value in env.items():

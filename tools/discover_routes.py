@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence, TextIO
 from urllib.parse import urljoin, urlsplit
 
-from tools.constants import ENV_KEY_RE
+from tools.constants import ENV_KEY_RE, port_argument
 from tools.containers import (
     LABEL,
     LABEL_CHUTE,
@@ -49,9 +49,9 @@ from tools.containers import (
     secret_values,
 )
 from tools import deploy_module
-from tools.errors import Interrupted, ServiceError, WrapperError, run_cli
+from tools.errors import Interrupted, NotGradio, ServiceError, WrapperError, run_cli
 from tools.processes import free_port, port_is_free
-from tools.openapi import PROBE_PATHS, SpecError, convert_document, decode_document
+from tools.openapi import EAGER_PROBES, PROBE_PATHS, SpecError, convert_document, decode_document
 from tools.routes import (
     Manifest,
     Route,
@@ -184,6 +184,7 @@ class Outcome:
     detail: str
     url: str = ""
     doc: dict | None = None
+    gradio: list | None = None  # kind "gradio": the app's functions (tools.gradio_app.GradioFunction)
 
 
 def fetch(url: str, timeout: float, redirects: int = 3) -> tuple[int, str, bytes]:
@@ -250,16 +251,18 @@ class Bounds:
 class PortWatch:
     """One service port: the latest answer of each probe path, and when it started answering."""
 
-    def __init__(self, port: int, base_url: str, paths: Sequence[str], started: float):
+    def __init__(self, port: int, base_url: str, paths: Sequence[str], started: float, eager: int = EAGER_PROBES):
         self.port = port
         self.base_url = base_url.rstrip("/")
         self.paths = list(paths)
+        self.eager = eager  # the first `eager` paths are polled from the start, the others once it answers
         self.started = started
         self.answers: dict[str, Answer] = {}
         self.first_http: float | None = None
         self.absent_since: float | None = None
         self.outcome: Outcome | None = None
         self.done = threading.Event()
+        self.answering = threading.Event()  # the port gave an HTTP answer on some path
 
     def url(self, path: str) -> str:
         return self.base_url + path
@@ -267,8 +270,10 @@ class PortWatch:
     def evaluate(self, now: float, bounds: Bounds) -> Outcome | None:
         """The port's outcome once decided, else None (keep polling)."""
         answers = [self.answers.get(path) for path in self.paths]
-        for path, answer in zip(self.paths, answers):
-            if answer and answer.kind == "spec":
+        for index, (path, answer) in enumerate(zip(self.paths, answers)):
+            # a spec is taken once every path before it has answered somehow: the most common
+            # location wins when a service serves two documents (OpenAPI 3 and Swagger 2.0, say)
+            if answer and answer.kind == "spec" and all(answers[:index]):
                 return Outcome("spec", answer.detail, self.url(path), answer.doc)
             if answer and answer.kind == "unreachable":
                 return Outcome("unreachable", answer.detail, self.url(path))
@@ -312,6 +317,12 @@ class PortWatch:
         return "answering, no spec so far", self.first_http + bounds.probe_timeout - now
 
 
+def eager_count(paths: Sequence[str]) -> int:
+    """How many of `paths` to poll before the port answers: the user's own (--probe-path, listed
+    first) and the most common locations."""
+    return EAGER_PROBES + sum(1 for path in paths if path not in PROBE_PATHS)
+
+
 class Prober:
     """Polls every probe path of every port at once, each on its own thread, and wakes the waiter
     the moment anything changes."""
@@ -337,8 +348,15 @@ class Prober:
 
     def _poll(self, watch: PortWatch, path: str) -> None:
         url = watch.url(path)
+        if watch.paths.index(path) >= watch.eager:
+            # the rarer locations wait until the service answers HTTP at all: while it starts, a few
+            # connection attempts per tick tell as much as one per path
+            while not (watch.answering.is_set() or watch.done.is_set()):
+                watch.answering.wait(self.interval)
         while not watch.done.is_set():
             answer = probe(url, self.timeout)
+            if answer.kind in ("loading", "absent", "spec", "invalid"):
+                watch.answering.set()
             with self.changed:
                 watch.answers[path] = answer
                 self.version += 1
@@ -501,6 +519,25 @@ def wait_for_specs(
         display.close()  # the last state of every port stays on screen
 
 
+def with_gradio_apps(outcomes: dict[int, Outcome], urls: dict[int, str]) -> dict[int, Outcome]:
+    """A port that serves a Gradio app is described by its functions, not by its OpenAPI document
+    (which lists only the web UI's own routes): its outcome becomes kind "gradio"."""
+    from tools.gradio_app import discover_app
+
+    out = dict(outcomes)
+    for port, outcome in outcomes.items():
+        if outcome.kind not in ("spec", "no_spec"):
+            continue
+        try:
+            functions = discover_app(urls[port], fetch, REQUEST_TIMEOUT)
+        except NotGradio as exc:
+            raise WrapperError(str(exc), "define its routes in CHUTE_STATIC_ROUTES") from None
+        if functions is not None:
+            out[port] = Outcome("gradio", f"Gradio app, {len(functions)} function(s)", urls[port] + "/config",
+                                gradio=functions)
+    return out
+
+
 def _fatal(watch: PortWatch) -> WrapperError:
     outcome = watch.outcome
     if outcome.kind == "unreachable":
@@ -518,31 +555,42 @@ class Result:
     output: Path | None
     outcomes: dict[int, Outcome]
     static_merged: int = 0
+    warnings: list[str] = field(default_factory=list)  # spec defects worked around
 
 
-def build_manifest(outcomes: dict[int, Outcome], static: Sequence[Route]) -> tuple[Manifest, int]:
-    """Routes of every port with a spec, then the module's static routes (new path+method+port only)."""
+def build_manifest(outcomes: dict[int, Outcome], static: Sequence[Route],
+                   warnings: list[str] | None = None) -> tuple[Manifest, int]:
+    """Routes of every port with a spec, then the module's static routes (new path+method+port only).
+    The spec defects worked around are appended to `warnings`, one line each naming the port."""
     routes: list[Route] = []
     skipped: list[dict] = []
     for port, outcome in outcomes.items():
-        if outcome.kind == "spec":
+        if outcome.kind == "gradio":
+            from tools.gradio_app import routes_for
+
+            routes += routes_for(outcome.gradio, port)
+        elif outcome.kind == "spec":
             conversion = convert_document(outcome.doc, port, outcome.url)
             routes += conversion.routes
             skipped += conversion.skipped
+            if warnings is not None:
+                warnings += [f"port {port}: {line}" for line in conversion.warnings]
     merged, duplicates = merge_routes(routes, static)
     return Manifest(routes=merged, skipped=skipped), len(static) - len(duplicates)
 
 
-def judge_outcomes(outcomes: dict[int, Outcome], where: str, static: Sequence[Route]) -> None:
+def judge_outcomes(outcomes: dict[int, Outcome], where: str, static: Sequence[Route],
+                   paths: Sequence[str] = PROBE_PATHS) -> None:
     """Raise when no port has a spec: nothing answered at all, or nothing serves a spec."""
-    if any(outcome.kind == "spec" for outcome in outcomes.values()):
+    if any(outcome.kind in ("spec", "gradio") for outcome in outcomes.values()):
         return
     if all(outcome.kind == "never_answered" for outcome in outcomes.values()):
         detail = "; ".join(f"port {port}: {o.detail}" for port, o in outcomes.items())
         raise ServiceError(f"nothing answered at {where}: {detail}", "is the service running? raise --startup-delay if it starts slowly")
     ports = ", ".join(str(port) for port in outcomes)
-    hint = "define its routes in CHUTE_STATIC_ROUTES" + ("; the module has some already, so no manifest is needed" if static else "")
-    raise WrapperError(f"no OpenAPI spec on any port ({ports}) at {where}: tried {', '.join(PROBE_PATHS)}", hint)
+    hint = ("if the service serves its document elsewhere, name it with --probe-path /its/path; else define its "
+            "routes in CHUTE_STATIC_ROUTES" + ("; the module has some already, so no manifest is needed" if static else ""))
+    raise WrapperError(f"no OpenAPI spec on any port ({ports}) at {where}: tried {', '.join(paths)}", hint)
 
 
 def resolve_output(config: Config, module: ModuleSettings | None) -> Path | None:
@@ -578,9 +626,10 @@ def emit_manifest(manifest: Manifest, output: Path | None) -> None:
 def summary(result: Result) -> str:
     lines = []
     for port, outcome in result.outcomes.items():
-        if outcome.kind == "spec":
+        if outcome.kind in ("spec", "gradio"):
             count = sum(1 for route in result.manifest.routes if route.port == port)
-            lines.append(f"port {port}: {count} route(s) from {outcome.url}")
+            what = "Gradio function(s)" if outcome.kind == "gradio" else "route(s)"
+            lines.append(f"port {port}: {count} {what} from {outcome.url}")
         elif outcome.kind == "never_answered":
             lines.append(f"port {port}: never answered ({outcome.detail}); its routes are not in the manifest")
         else:
@@ -600,6 +649,8 @@ def summary(result: Result) -> str:
         lines.append(f"  {route.method:<6} {route.path:<32} {public:<28} {kinds}")
     for entry in result.manifest.skipped:
         lines.append(f"  skipped {entry.get('method')} {entry.get('path')}: {entry.get('reason')}")
+    for warning in result.warnings:
+        lines.append(f"warning: {warning}")
     where = result.output or "stdout"
     extra = f", {result.static_merged} static route(s) merged" if result.static_merged else ""
     lines.append(f"wrote {where}: {len(result.manifest.routes)} route(s), {len(result.manifest.skipped)} skipped{extra}")
@@ -681,14 +732,16 @@ def _discover_url(
 ) -> Result:
     urls = {port: url_for_port(config.base_url, port) for port in ports}
     started = time.monotonic()
-    watches = [PortWatch(port, urls[port], config.probe_paths, started) for port in ports]
+    watches = [PortWatch(port, urls[port], config.probe_paths, started, eager_count(config.probe_paths)) for port in ports]
     display.message(f"probing {', '.join(urls.values())} for an OpenAPI document")
     with SignalGuard() as guard:
         outcomes = wait_for_specs(watches, bounds, config.interval, display, [guard.check], before_probing)
-        judge_outcomes(outcomes, config.base_url, static)
-        manifest, merged = build_manifest(outcomes, static)
+        outcomes = with_gradio_apps(outcomes, urls)
+        judge_outcomes(outcomes, config.base_url, static, config.probe_paths)
+        warnings: list[str] = []
+        manifest, merged = build_manifest(outcomes, static, warnings)
         emit_manifest(manifest, output)
-    return Result(manifest, output, outcomes, merged)
+    return Result(manifest, output, outcomes, merged, warnings)
 
 
 def _discover_container(
@@ -725,15 +778,18 @@ def _discover_container(
             container.start()
             guard.check()
             started = time.monotonic()
-            watches = [PortWatch(p, f"http://127.0.0.1:{host_ports[p]}", config.probe_paths, started) for p in ports]
+            watches = [PortWatch(p, f"http://127.0.0.1:{host_ports[p]}", config.probe_paths, started,
+                                 eager_count(config.probe_paths)) for p in ports]
             outcomes = wait_for_specs(
                 watches, bounds, config.interval, display, [guard.check, lambda: _check_running(container, display)],
                 before_probing,
             )
-            judge_outcomes(outcomes, f"image {image}", module.static_routes)
-            manifest, merged = build_manifest(outcomes, module.static_routes)
+            outcomes = with_gradio_apps(outcomes, {p: f"http://127.0.0.1:{host_ports[p]}" for p in ports})
+            judge_outcomes(outcomes, f"image {image}", module.static_routes, config.probe_paths)
+            warnings: list[str] = []
+            manifest, merged = build_manifest(outcomes, module.static_routes, warnings)
             emit_manifest(manifest, output)
-            return Result(manifest, output, outcomes, merged)
+            return Result(manifest, output, outcomes, merged, warnings)
         finally:
             display.close()
             container.remove()
@@ -802,7 +858,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("module", nargs="?", help="deploy module (same as --chute-file)")
     p.add_argument("--chute-file", help="deploy module (deploy_x, deploy_x.py or a path): runs its CHUTE_BASE_IMAGE")
     p.add_argument("--base-url", help="probe a running service instead of starting a container")
-    p.add_argument("--port", type=int, action="append", default=[], help="service port to probe (repeatable)")
+    p.add_argument("--port", type=port_argument, action="append", default=[], help="service port to probe (repeatable)")
     p.add_argument("--startup-delay", type=_seconds, help="longest wait, in seconds, for the service to start answering "
                    f"(an upper bound, not a sleep; default {DEFAULT_STARTUP_DELAY:g}, {URL_STARTUP_DELAY:g} with --base-url)")
     p.add_argument("--probe-timeout", type=_seconds, help="then longest wait per port for its spec while it "
@@ -817,7 +873,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--image", help="run this image instead of the module's CHUTE_BASE_IMAGE")
     p.add_argument("--free-host-ports", action="store_true", help="publish on free host ports instead of the service's")
     p.add_argument("--probe-path", action="append", default=[],
-                   help=f"another path to probe for the document (always probed: {', '.join(PROBE_PATHS)})")
+                   help=f"another path to probe for the document, first (always probed: {', '.join(PROBE_PATHS)})")
     p.add_argument("-o", "--output", help="manifest file ('-': stdout; default: <module>.routes.json beside the module)")
     p.add_argument("--interactive", action="store_true", help="ask for the delays and GPUs not given (on a terminal)")
     p.add_argument("--plain", action="store_true", help="plain log lines even on a terminal")
@@ -852,7 +908,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
         extra_args=args.extra_args,
         image=args.image,
         free_host_ports=args.free_host_ports,
-        probe_paths=tuple(dict.fromkeys(PROBE_PATHS + extra_paths)),
+        # the user's own paths first: polled from the start, and preferred when several answer
+        probe_paths=tuple(dict.fromkeys(extra_paths + PROBE_PATHS)),
         output=args.output,
         live=False if args.plain else None,
     )

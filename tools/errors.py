@@ -9,6 +9,9 @@ The family (the WrapperErrors say what is wrong and, in `hint`, how to fix it)::
     ├── EngineError         the container engine is missing, not running, or refused a request
     ├── APIError            the Chutes API refused or failed a request (`status`: its HTTP status)
     └── ImageConfigError    an argument of build_wrapper_image cannot go into a Dockerfile
+    NotGradio               what a URL serves is not a Gradio app this toolkit can call (discovery
+                            then treats it as any other service)
+    CallFailed              a Gradio call that ends in an error answer (its HTTP status and detail)
     BadRequest              a caller's JSON cannot become the upstream request (a cord answers 400)
     UpstreamBroke           the service broke off an answer the caller was already receiving
     Interrupted             SIGINT/SIGTERM arrived during work that finishes its cleanup first
@@ -65,6 +68,18 @@ class APIError(WrapperError):
 
 class ImageConfigError(WrapperError, ValueError):
     """An argument of build_wrapper_image cannot go into a Dockerfile (bad env key/value, package...)."""
+
+
+class NotGradio(Exception):
+    """What a URL serves is not a Gradio app (or not one this toolkit can call)."""
+
+
+class CallFailed(Exception):
+    """A call of a Gradio function that ends in an error answer: its status and detail."""
+
+    def __init__(self, status: int, detail: str, **extra: object):
+        super().__init__(detail)
+        self.status, self.detail, self.extra = status, detail, extra
 
 
 class BadRequest(Exception):

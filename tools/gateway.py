@@ -459,15 +459,21 @@ def platform_env(env: dict[str, str] | None, key: PlatformKey) -> dict[str, str]
 
 
 def start_gateway(node_url: str, cords: str, directory: str | os.PathLike, env: dict[str, str], port: int = 0, *,
-                  echo: bool = False, log: Any = None) -> tuple[Child, str]:
+                  echo: bool = False, log: Any = None, source_address: str | None = None) -> tuple[Child, str]:
     """The gateway as a child process in front of `node_url` (a node on this machine or in a
-    container); `env` from `platform_env`. Returns the child and the URL callers call."""
+    container); `env` from `platform_env`. Returns the child and the URL callers call.
+
+    `source_address` overrides where the gateway calls from (default 127.0.0.2, so that a node on this
+    machine does not take the call for a local one); "" lets the system choose, which a node in a
+    container needs: it sees the engine's bridge address anyway, and the engine forwards a published
+    127.0.0.1 port only to callers from 127.0.0.1."""
     from tools.processes import free_port
 
     port = port or free_port()
-    child = Child("gateway", [sys.executable, "-m", "tools.gateway", "--chute-url", node_url, "--cords", cords,
-                              "--port", str(port)], env, directory, echo=echo, log=log)
-    return child, f"http://127.0.0.1:{port}"
+    argv = [sys.executable, "-m", "tools.gateway", "--chute-url", node_url, "--cords", cords, "--port", str(port)]
+    if source_address is not None:
+        argv += ["--source-address", source_address]
+    return Child("gateway", argv, env, directory, echo=echo, log=log), f"http://127.0.0.1:{port}"
 
 
 # --------------------------------------------------------------------------------------------------

@@ -62,8 +62,11 @@ def read_base_env(path: str | Path = BASE_ENV_FILE) -> dict[str, str]:
 
 
 def service_environment(extra: Mapping[str, str] | None = None, base: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The service's environment: ours, minus the chute venv, with the base image's PATH restored."""
-    env = dict(os.environ)
+    """The service's environment: ours, minus the chute venv and Chutes credentials, with the base
+    image's PATH restored."""
+    from tools.containers import without_chutes_secrets
+
+    env = without_chutes_secrets(os.environ)
     base = read_base_env() if base is None else base
     if base.get("PATH"):
         env["PATH"] = base["PATH"]

@@ -21,6 +21,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
+from tools.constants import port_argument
 from tools.containers import ImageConfig, detect_engine, inspect_image
 from tools.errors import Interrupted, WrapperError, run_cli
 
@@ -286,7 +287,7 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="new_module", description=__doc__.split("\n\n")[0])
     p.add_argument("name", help="chute name: lowercase letters, digits, '-' and '_'")
     p.add_argument("--image", required=True, help="a local image (never pulled)")
-    p.add_argument("--port", type=int, action="append", default=[], help="service port, when the image exposes none")
+    p.add_argument("--port", type=port_argument, action="append", default=[], help="service port, when the image exposes none")
     p.add_argument("--dir", help="where to write the module (default: beside deploy.sh)")
     p.add_argument("--yes", action="store_true", help="run discovery without asking")
     p.add_argument("--no-discover", action="store_true", help="do not offer discovery")

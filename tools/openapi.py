@@ -16,10 +16,30 @@ from typing import Any, Iterable, Iterator, Mapping
 from urllib.parse import unquote, urlparse
 
 from tools.errors import SpecError
-from tools.routes import Route, decide_public_path
+from tools.routes import BODY_METHODS, UNDECLARED, Route, decide_public_path
 
-# Where services publish their document, in the order we prefer them.
-PROBE_PATHS = ("/openapi.json", "/swagger.json", "/docs/openapi.json", "/docs.json")
+# Where services publish their document, most common first (each line: whose default it is). The
+# first EAGER_PROBES are polled from the start; the rest only once the port answers HTTP at all, so a
+# service that is still starting sees a few connection attempts per tick, not one per path.
+PROBE_PATHS = (
+    "/openapi.json",  # FastAPI, Starlette apps, vLLM, litellm, Gradio, flask-smorest, most LLM servers
+    "/swagger.json",  # flask-restx/flask-restplus, drf-yasg, go-swagger, connexion 2
+    "/apispec_1.json",  # flasgger's default
+    "/spec.json",  # flasgger apps that name their spec (httpbin)
+    "/v3/api-docs",  # springdoc-openapi (Spring Boot)
+    "/v2/api-docs",  # springfox (Spring Boot)
+    "/api-docs",  # swagger-jsdoc/express examples, restify, older Swagger UIs
+    "/swagger/v1/swagger.json",  # ASP.NET Core (Swashbuckle)
+    "/openapi.yaml",  # connexion 3, hand-written specs served as files
+    "/api/openapi.json",  # FastAPI apps mounted under /api, Nest, Strapi
+    "/v1/openapi.json",  # versioned APIs (FastAPI with a /v1 prefix)
+    "/docs/openapi.json",  # FastAPI with docs under /docs
+    "/docs.json",  # Laravel/l5-swagger-like and some Gradio builds
+    "/api/swagger.json",  # Nest/Express apps under /api
+    "/swagger.yaml",  # hand-written Swagger 2.0 served as a file
+    "/api/schema/",  # drf-spectacular (Django REST framework)
+)
+EAGER_PROBES = 4
 
 OPERATION_KEYS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
 STREAM_TYPES = ("text/event-stream", "application/x-ndjson", "application/jsonl", "application/stream+json")
@@ -31,12 +51,14 @@ _PARAM_RE = re.compile(r"\{([^{}/]*)\}")
 
 @dataclass
 class Conversion:
-    """Routes and skipped operations of one document served on one port."""
+    """Routes and skipped operations of one document served on one port, and the defects that were
+    worked around (one line each, for the user to read; never fatal)."""
 
     routes: list[Route] = field(default_factory=list)
     skipped: list[dict] = field(default_factory=list)
     version: str = ""
     prefix: str = ""
+    warnings: list[str] = field(default_factory=list)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -124,6 +146,8 @@ class Resolver:
 
     def __init__(self, doc: Mapping):
         self.doc = doc
+        self.missing: list[str] = []  # refs that point to nothing, in the order met
+
 
     def lookup(self, ref: str) -> Any:
         if ref == "#":
@@ -149,6 +173,8 @@ class Resolver:
                 return {}, seen
             seen = seen | {ref}
             target = self.lookup(ref)
+            if target is None and ref not in self.missing:
+                self.missing.append(ref)
             node = target if target is not None else {}
         return node, seen
 
@@ -161,9 +187,11 @@ def convert_document(doc: Mapping, port: int | None, source: str) -> Conversion:
     """Every operation of `doc` as a Route for `port`, or a skipped entry with its reason."""
     version = check_document(doc, source)
     swagger = version.startswith("swagger")
+    doc, aliases = normalize_types(doc)
     resolver = Resolver(doc)
     prefix = _swagger_prefix(doc) if swagger else _openapi_prefix(doc)
     out = Conversion(version=version, prefix=prefix)
+    no_responses: list[str] = []
     for raw_path, item in doc["paths"].items():
         raw_path = str(raw_path)
         if not raw_path.startswith("/"):
@@ -177,7 +205,80 @@ def convert_document(doc: Mapping, port: int | None, source: str) -> Conversion:
             operation, _ = resolver.deref(operation)
             if not isinstance(operation, Mapping):
                 operation = {}
+            if not isinstance(operation.get("responses"), Mapping):
+                no_responses.append(f"{method} {path}")
             _convert_operation(out, resolver, doc, path, method, operation, shared, port, swagger)
+    out.warnings = _defect_warnings(aliases, no_responses, resolver.missing)
+    return out
+
+
+# Type names that are not JSON Schema's but that real specs use (hand-written Swagger 2.0 above all):
+# read as the type they plainly mean, so a parameter of `type: int` gets 0, not a string.
+TYPE_ALIASES = {
+    "int": "integer", "int32": "integer", "int64": "integer", "long": "integer", "short": "integer",
+    "uint": "integer", "bigint": "integer", "float": "number", "double": "number", "decimal": "number",
+    "num": "number", "str": "string", "text": "string", "bool": "boolean", "dict": "object", "map": "object",
+    "list": "array", "date": "string", "datetime": "string", "date-time": "string",
+}
+_VALUE_KEYS = ("example", "examples", "default", "enum", "const", "x-example")
+_SCHEMA_TYPES = ("integer", "number", "string", "boolean", "object", "array", "null", "file")
+
+
+def normalize_types(doc: Mapping) -> tuple[Mapping, dict[str, list[str]]]:
+    """A copy of `doc` with `type` aliases (`int`, `Integer`, `float`, ...) spelled as JSON Schema
+    types, and where each alias was met (JSON-pointer-like locations); `doc` itself when none was."""
+    found: dict[str, list[str]] = {}
+
+    def canonical(value: Any) -> str | None:
+        if not isinstance(value, str):
+            return None
+        lowered = value.strip().lower()
+        if lowered in _SCHEMA_TYPES:
+            return lowered if lowered != value else None
+        return TYPE_ALIASES.get(lowered)
+
+    def walk(node: Any, where: str, depth: int) -> Any:
+        if depth > 64:
+            return node
+        if isinstance(node, Mapping):
+            out = {}
+            for key, value in node.items():
+                if key == "type" and canonical(value) is not None:
+                    found.setdefault(str(value), []).append(where or "/")
+                    out[key] = canonical(value)
+                elif key == "type" and isinstance(value, list):
+                    out[key] = [canonical(item) or item for item in value]
+                    for item in value:
+                        if canonical(item) is not None:
+                            found.setdefault(str(item), []).append(where or "/")
+                elif key in _VALUE_KEYS:
+                    out[key] = value  # data, not schema: an example may well hold {"type": "int"}
+                else:
+                    pointer = str(key).replace("~", "~0").replace("/", "~1")
+                    out[key] = walk(value, f"{where}/{pointer}", depth + 1)
+            return out
+        if isinstance(node, list):
+            return [walk(item, f"{where}/{index}", depth + 1) for index, item in enumerate(node)]
+        return node
+
+    normalized = walk(doc, "", 0)
+    return (normalized, found) if found else (doc, found)
+
+
+def _defect_warnings(aliases: Mapping[str, list[str]], no_responses: list[str], missing: list[str]) -> list[str]:
+    """One line per kind of defect, with a count and the first place it was met."""
+    out = []
+    for alias, places in aliases.items():
+        more = f" and {len(places) - 1} more place(s)" if len(places) > 1 else ""
+        out.append(f"type {alias!r} is not a JSON Schema type (at {places[0]}{more}); read as "
+                   f"{TYPE_ALIASES.get(alias.strip().lower(), alias.strip().lower())!r}")
+    if no_responses:
+        more = f" and {len(no_responses) - 1} more" if len(no_responses) > 1 else ""
+        out.append(f"{no_responses[0]}{more} declare no responses; their answers are taken as JSON")
+    for ref in missing[:5]:
+        out.append(f"$ref {ref!r} points to nothing in the document; read as an empty schema")
+    if len(missing) > 5:
+        out.append(f"... and {len(missing) - 5} more $ref(s) to nowhere")
     return out
 
 
@@ -215,6 +316,10 @@ def _convert_operation(
     if request.skip_reason:
         out.skipped.append({"path": path, "method": method, "port": port, "reason": request.skip_reason})
         return
+    if request.kind == "none" and method in BODY_METHODS:
+        # Hand-written and generated specs often leave a POST's body out: the caller's keys that are
+        # not query parameters go in a JSON body (routes.UNDECLARED), not in the query string.
+        request.kind = UNDECLARED
     path_params = _unique([p["name"] for p in params if p.get("in") == "path"] + template_params)
     example = _with_parameter_examples(resolver, request, params, path_params)
     out.routes.append(
@@ -252,7 +357,7 @@ def _with_parameter_examples(resolver: Resolver, request: "RequestShape", params
         return example  # a non-object body has no room for parameters
     out = dict(example or {})
     if query_values:
-        if request.kind == "none":
+        if request.kind in ("none", UNDECLARED):
             for key, value in query_values.items():
                 out.setdefault(key, value)
         else:
@@ -284,8 +389,22 @@ def _parameter_examples(resolver: Resolver, params: list[dict], every: bool = Fa
             value = listed[0]
         else:
             value = example_of(resolver, schema, name)
-        values[name] = "example" if value is None and every else value
+            if every and value == 0 and not isinstance(value, bool) and isinstance(schema, Mapping) \
+                    and _number(schema.get("minimum")) is None:
+                value = 1  # a path segment counts or names something: /bytes/0 or /items/0 is seldom valid
+        if value is None and every:  # a path parameter of unknown type still needs a segment
+            value = _untyped_segment(name)
+        values[name] = value
     return {key: value for key, value in values.items() if value is not None}
+
+
+def _untyped_segment(name: str) -> str | int:
+    """A value for a path parameter with no usable type: a number for id-like names, else a word."""
+    lowered = name.lower()
+    if lowered in ("id", "n", "num", "number", "count", "index", "page", "size", "code", "codes") or \
+            lowered.endswith(("_id", "id", "_n", "count", "num")):
+        return 1
+    return "example"
 
 
 def _form_example(resolver: Resolver, media: Mapping, file_fields: list[str]) -> Any:

@@ -27,12 +27,12 @@ from urllib.parse import quote
 import aiohttp
 from loguru import logger
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, Response
 
 from tools import sdk
 from tools.errors import BadRequest, UpstreamBroke
 from tools.registration import Target
-from tools.routes import Route
+from tools.routes import BODY_METHODS, UNDECLARED, Route
 
 SMALL_BODY = 1 << 20  # answers up to this size are read whole; larger ones are streamed
 CHUNK = 1 << 16
@@ -43,7 +43,7 @@ OFFLOAD_BYTES = 1 << 20  # callers' bodies above this are turned into the upstre
 # A raw request body (request kind "raw") in the caller's JSON; other keys become query parameters.
 RAW_BASE64_KEY, RAW_TEXT_KEY, RAW_TYPE_KEY = "body_base64", "body", "content_type"
 # Where a catch-all call carries the body, by the route's request kind (else "form").
-CATCH_ALL_BODY_KEY = {"json": "json", "raw": "raw"}
+CATCH_ALL_BODY_KEY = {"json": "json", "raw": "raw", UNDECLARED: "json"}
 _HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade",
                 "proxy-authenticate", "proxy-authorization", "content-length", "content-encoding"}
 _DATA_URL_RE = re.compile(r"^data:([^;,]*)(;[^,]*)?,(.*)$", re.S)
@@ -156,14 +156,35 @@ def _decode_file(key: str, value: Any) -> tuple[bytes, str | None]:
         raise BadRequest(f"{key}: not valid base64") from None
 
 
+def request_kind(target: Target) -> str:
+    """The kind this cord sends: the manifest's, except that override `file_fields` make a JSON,
+    bodiless or undeclared route a multipart upload (the spec did not say it takes files)."""
+    kind = target.route.request_kind
+    if target.file_fields and kind in ("json", "none", UNDECLARED):
+        return "multipart"
+    return kind
+
+
 def build_outgoing(target: Target, payload: Any, caller_query: list[tuple[str, str]], path: str | None = None) -> Outgoing:
-    """The upstream request for one call, from the caller's JSON and the caller's own query string."""
+    """The upstream request for one call, from the caller's JSON and the caller's own query string.
+
+    `payload` is None when the caller sent no body at all, which is not the same as `{}`: an empty
+    object is sent as `{}`, and a missing body on a route that takes one is a BadRequest (400).
+    """
     route = target.route
+    kind = request_kind(target)
     out = Outgoing(method=route.method, path=path or route.upstream_path, params=list(caller_query))
+    takes_body = route.method in BODY_METHODS
     if payload is None:
+        if takes_body and kind in ("json", "multipart", "form", "raw"):
+            raise BadRequest(f"{route.method} {route.upstream_path} takes a {_kind_words(kind, route)}: "
+                             "send it as the request's JSON body (the call had none)")
         payload = {}
+        sent = False
+    else:
+        sent = True
     if not isinstance(payload, dict):
-        if route.request_kind == "json":
+        if kind == "json":
             out.json_body, out.has_json = payload, True
             return out
         raise BadRequest("expected a JSON object")
@@ -174,19 +195,29 @@ def build_outgoing(target: Target, payload: Any, caller_query: list[tuple[str, s
             raise BadRequest("_query: expected an object")
         for key, value in query.items():
             out.params += _param_values(key, value)
-    kind = route.request_kind
     if kind == "raw":
         out.data, out.headers["Content-Type"] = _raw_body(route, body)
     declared = set(route.query_params)
+    everything_to_query = kind in ("none", "raw") or (kind == UNDECLARED and not takes_body)
     for key in list(body):
-        if kind in ("none", "raw") or key in declared:
+        if everything_to_query or key in declared:
             out.params += _param_values(key, body.pop(key))
-    if kind == "json":
-        if body or payload:
+    if kind == "json" or (kind == UNDECLARED and takes_body):
+        # On POST/PUT/PATCH `{}` is a body (a service reading JSON answers 415 to none at all); on
+        # GET/DELETE a body is sent only when there is something in it.
+        if (sent and takes_body) or body:
             out.json_body, out.has_json = body, True
     elif kind in ("multipart", "form"):
         out.data = _form_data(target, body, force_multipart=kind == "multipart")
     return out
+
+
+def _kind_words(kind: str, route: Route) -> str:
+    if kind == "raw":
+        return f"raw {route.request_content_type or 'binary'} body (\"{RAW_BASE64_KEY}\" or \"{RAW_TEXT_KEY}\")"
+    if kind == "json":
+        return "JSON body"
+    return f"{kind} body (file fields as \"<field>_base64\")"
 
 
 def _raw_body(route: Route, body: dict) -> tuple[bytes, str]:
@@ -379,6 +410,15 @@ async def _lines(chunks: AsyncIterator[bytes], text: bool, encrypt: Callable[[An
         yield (encrypt(tail) + "\n").encode()
 
 
+def _one_json_document(raw: bytes) -> bool:
+    """The gateway re-parses a {"json"} envelope: JSON lines or a broken body must go as a body."""
+    try:
+        json.loads(raw)
+    except ValueError:
+        return False
+    return True
+
+
 async def _read_whole(upstream: aiohttp.ClientResponse) -> bytes:
     try:
         return await upstream.read()
@@ -426,7 +466,7 @@ async def forward(pool: UpstreamPool, target: Target, outgoing: Outgoing, call: 
     if encrypt is not None and call is not None and call.stream:
         # The gateway reads this call's answer as lines, whatever the service sent.
         lines = _lines(_chunks(upstream, sse, too_slow), _is_text(content_type) or not content_type, encrypt)
-        return StreamingResponse(lines, status_code=status, media_type="text/event-stream" if sse else None)
+        return sdk.abortable_stream(lines, status_code=status, media_type="text/event-stream" if sse else None)
     if encrypt is not None or not (route.stream or sse or chunked or (upstream.content_length or 0) > SMALL_BODY):
         # Whole: the gateway decodes one envelope; a chunked answer on a non-stream call is read whole.
         try:
@@ -438,12 +478,12 @@ async def forward(pool: UpstreamPool, target: Target, outgoing: Outgoing, call: 
             return _error(502, f"the service broke off its answer to {where}")
         if encrypt is None:
             return _with_headers(Response(raw, status_code=status), headers)
-        if content_type.startswith("application/json") and raw.strip():
-            return {"json": encrypt(raw)}
+        if content_type.startswith("application/json") and _one_json_document(raw):
+            return {"json": encrypt(raw)}  # the gateway parses it and answers it as JSON
         return {"type": "Response", "status_code": status,
                 "headers": {name.decode(): value.decode("latin-1") for name, value in headers},
                 "media_type": content_type or None, "body": encrypt(raw)}
-    response = StreamingResponse(_chunks(upstream, sse, too_slow), status_code=status)
+    response = sdk.abortable_stream(_chunks(upstream, sse, too_slow), status_code=status)
     if upstream.content_length is not None and not (route.stream or sse):
         response.raw_headers.append((b"content-length", str(upstream.content_length).encode()))
     return _with_headers(response, headers)
@@ -485,12 +525,15 @@ class Template:
 
     @classmethod
     def of(cls, target: Target) -> "Template":
+        """Each `{name}` matches within one path segment, also beside literal text in it
+        (`/v1beta/models/{model}:generateContent`)."""
         parts = []
         for segment in target.route.upstream_path.strip("/").split("/"):
-            if re.fullmatch(r"\{[^{}/]+\}", segment):
-                parts.append(r"([^/]+)")
-            else:
-                parts.append(re.escape(segment))
+            pattern, last = "", 0
+            for match in re.finditer(r"\{[^{}/]+\}", segment):
+                pattern += re.escape(segment[last:match.start()]) + r"([^/]+?)"
+                last = match.end()
+            parts.append(pattern + re.escape(segment[last:]))
         trailing = "/?" if not target.route.upstream_path.endswith("/") else "/"
         return cls(target.route, target, re.compile("^/" + "/".join(parts) + trailing + "$"))
 

@@ -18,10 +18,15 @@ from typing import Any, Iterable, Mapping
 from tools.constants import MANIFEST_ENV, MANIFEST_JSON_ENV, SKIP_REGISTRATION_ENV, env_flag
 from tools.errors import ManifestError
 
-MANIFEST_VERSION = 2
+# 3: request kind "undeclared" (before it, discovery wrote "none" for a POST whose spec declares no body)
+MANIFEST_VERSION = 3
 HTTP_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
 UNSERVED_METHODS = ("HEAD", "OPTIONS", "TRACE", "CONNECT")
-REQUEST_KINDS = ("json", "multipart", "form", "raw", "none")
+BODY_METHODS = ("POST", "PUT", "PATCH")  # the methods whose caller body the platform reads
+# The spec declares no request body: for POST/PUT/PATCH the caller's keys that are not declared query
+# parameters go in a JSON body; for other methods it is "none" (every key to the query string).
+UNDECLARED = "undeclared"
+REQUEST_KINDS = ("json", "multipart", "form", "raw", "none", UNDECLARED, "gradio")  # gradio: tools.gradio_app
 RESPONSE_KINDS = ("json", "binary", "text", "stream")
 
 # First path segments that belong to a web UI or framework internals, never to the service's API.
@@ -79,6 +84,7 @@ class Route:
     path_params: tuple[str, ...] = ()
     example: Any = None
     source: str = "manifest"
+    gradio: Any = None  # tools.gradio_spec.GradioFunction, for request kind "gradio"
 
     @property
     def upstream_path(self) -> str:
@@ -99,6 +105,8 @@ class Route:
             return f"{self.content_type or self.response_kind} response"
         if self.query_params:
             return "query parameters (" + ", ".join(self.query_params) + ")"
+        if self.request_kind == UNDECLARED and self.method in BODY_METHODS:
+            return "no declared request body"
         if self.stream:
             # The SDK streams a passthrough answer with no content type: SSE clients need theirs.
             return f"{self.content_type or 'streamed'} response"
@@ -124,6 +132,8 @@ class Route:
             out["function_name"] = self.function_name
         if self.example is not None:
             out["example"] = self.example
+        if self.gradio is not None:
+            out["gradio"] = self.gradio.to_json()
         return out
 
 
@@ -249,8 +259,11 @@ def _names(value: Any, source: str, index: int, key: str) -> tuple[str, ...]:
     return tuple(names)
 
 
-def parse_route(entry: Any, source: str, index: int, origin: str = "manifest") -> Route:
-    """One route from any manifest form (seed keys, later keys, nested `cord`, v2 kinds)."""
+def parse_route(entry: Any, source: str, index: int, origin: str = "manifest", version: int = MANIFEST_VERSION) -> Route:
+    """One route from any manifest form (seed keys, later keys, nested `cord`, v2/v3 kinds).
+
+    `version` is the manifest's: before 3, discovery wrote "none" for a POST/PUT/PATCH whose spec
+    declares no body, which is read as "undeclared" (what that discovery meant)."""
     if not isinstance(entry, Mapping):
         raise ManifestError(f"{_where(source, index)}: expected an object, got {type(entry).__name__}")
     cord = entry.get("cord") or {}
@@ -302,6 +315,8 @@ def parse_route(entry: Any, source: str, index: int, origin: str = "manifest") -
         raise ManifestError(
             f"{_where(source, index, 'request.kind')}: {request_kind!r} is not one of {', '.join(REQUEST_KINDS)}"
         )
+    if request_kind == "none" and version < 3 and method.upper() in BODY_METHODS:
+        request_kind = UNDECLARED
     response_kind = response.get("kind", "stream" if raw_stream else "json")
     if response_kind not in RESPONSE_KINDS:
         raise ManifestError(
@@ -313,6 +328,14 @@ def parse_route(entry: Any, source: str, index: int, origin: str = "manifest") -
     request_content_type = request.get("content_type")
     if request_content_type is not None and not isinstance(request_content_type, str):
         raise ManifestError(f"{_where(source, index, 'request.content_type')}: expected a string")
+    gradio = None
+    if request_kind == "gradio":
+        from tools.gradio_spec import GradioFunction
+
+        try:
+            gradio = GradioFunction.from_json(entry.get("gradio"), "gradio")
+        except ValueError as exc:
+            raise ManifestError(f"{_where(source, index)}: {exc}") from None
     return Route(
         path=path,
         method=method.upper(),
@@ -330,12 +353,14 @@ def parse_route(entry: Any, source: str, index: int, origin: str = "manifest") -
         path_params=_names(entry.get("path_params"), source, index, "path_params"),
         example=entry.get("example"),
         source=origin,
+        gradio=gradio,
     )
 
 
 def parse_manifest(data: Any, source: str, origin: str = "manifest") -> Manifest:
     """A manifest from decoded JSON: a bare list, or an object with `routes` (any version)."""
     skipped: list[dict] = []
+    version = 1
     if isinstance(data, list):
         entries = data
     elif isinstance(data, Mapping):
@@ -352,7 +377,7 @@ def parse_manifest(data: Any, source: str, origin: str = "manifest") -> Manifest
         skipped = list(data.get("skipped") or [])
     else:
         raise ManifestError(f"{source}: expected a list of routes or an object with 'routes', got {type(data).__name__}")
-    routes = [parse_route(entry, source, index, origin) for index, entry in enumerate(entries)]
+    routes = [parse_route(entry, source, index, origin, version) for index, entry in enumerate(entries)]
     return Manifest(routes=routes, skipped=skipped, source=source)
 
 

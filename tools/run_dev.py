@@ -20,6 +20,7 @@ from typing import Any, Iterator
 
 from tools import deploy_module, sdk
 from tools.constants import DEFAULT_CHUTE_PORT, DEFAULT_LOCAL_TIMEOUT, SERVICE_EXTERNAL_ENV, chute_ports, port_argument
+from tools.containers import without_chutes_secrets
 from tools.cord_table import Cord, chutes_url, cord_table, cords_of
 from tools.deploy_module import ROOT, DeployModule
 from tools.errors import WrapperError, run_cli
@@ -90,7 +91,7 @@ def dev_stack(config: RunConfig, stop: threading.Event | None = None) -> Iterato
                 "stop what listens there, or pick another port" + (" with --port" if taken == port else ""),
             )
     stop = stop or threading.Event()
-    env = dict(os.environ)
+    env = without_chutes_secrets(os.environ)
     service_env = dict(env, **module.env)
     children: list[Child] = []
     try:
@@ -157,6 +158,14 @@ def add_stack_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
 
 
+def check_chute_ports(parser: argparse.ArgumentParser, port: int, logging_port: int | None) -> None:
+    """A --port whose logging port (port+1) is no port is a usage error: exit 2 before anything starts."""
+    try:
+        chute_ports(port, logging_port)
+    except WrapperError as exc:
+        parser.error(str(exc))
+
+
 def stack_config(args: argparse.Namespace, **extra) -> RunConfig:
     return RunConfig(module=args.module, port=args.port, logging_port=args.logging_port, no_service=args.no_service,
                      timeout=args.timeout, debug=args.debug, dev=args.dev, **extra)
@@ -167,6 +176,7 @@ def main(argv: list[str] | None = None) -> None:
     add_stack_arguments(parser)
     parser.add_argument("--exit-when-ready", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    check_chute_ports(parser, args.port, args.logging_port)
     config = stack_config(args, exit_when_ready=args.exit_when_ready)
 
     def go() -> int:

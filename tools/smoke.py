@@ -1,32 +1,56 @@
 """`deploy.sh --smoke MODULE`: call every cord of a module once, through the real `chutes run --dev`.
 
 Requests are built from the manifest: the route's example body, a small real WAV or PNG for file
-fields, example query and path parameters. One table row per call; exit 1 if any call fails.
+fields, example query and path parameters. Calls run a few at a time, each within a time limit; an
+answer that streams without end is read for a moment and reported as "streams". One table row per
+call, a summary line with counts by outcome; exit 1 if any call failed or timed out.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import base64
 import io
 import json
 import re
+import signal
 import struct
 import sys
 import threading
 import time
 import wave
 import zlib
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field, replace
+from typing import Callable, Mapping
 
-import requests
+import aiohttp
 
-from tools.errors import run_cli
+from tools.errors import Interrupted, run_cli
+from tools.openapi import STREAM_TYPES
 from tools.proxy import CATCH_ALL_BODY_KEY, RAW_BASE64_KEY, RAW_TEXT_KEY, RAW_TYPE_KEY
-from tools.routes import Route
+from tools.routes import BODY_METHODS, Route
 from tools.cord_table import Cord
 from tools.processes import stop_on_signals
-from tools.run_dev import RunConfig, add_stack_arguments, dev_stack, stack_config
+from tools.run_dev import RunConfig, add_stack_arguments, check_chute_ports, dev_stack, stack_config
+
+CALL_TIMEOUT = 20.0  # seconds for one call, answer included
+STREAM_WINDOW = 3.0  # an answer that streams is read this long ...
+STREAM_BYTES = 64 * 1024  # ... or this far, then reported as "streams"
+CONCURRENCY = 4
+# Outcomes, in the order the summary lists them; the first two pass.
+OUTCOMES = ("ok", "streams", "failed", "timeout")
+
+
+@dataclass
+class Limits:
+    """How long and how many: one call's time limit, the look at a stream, calls at once."""
+
+    call_timeout: float = CALL_TIMEOUT
+    stream_window: float = STREAM_WINDOW
+    stream_bytes: int = STREAM_BYTES
+    concurrency: int = CONCURRENCY
 
 
 @dataclass
@@ -47,10 +71,15 @@ class Result:
     seconds: float
     size: int
     problem: str = ""
+    outcome: str = field(default="")
+
+    def __post_init__(self) -> None:
+        if not self.outcome:
+            self.outcome = "failed" if self.problem else "ok"
 
     @property
     def ok(self) -> bool:
-        return not self.problem
+        return self.outcome in ("ok", "streams")
 
 
 def sample_wav(seconds: float = 0.25, rate: int = 16000) -> bytes:
@@ -74,22 +103,25 @@ def sample_png() -> bytes:
 
 def sample_file(field: str, route: Route) -> tuple[bytes, str]:
     hint = f"{field} {route.path}".lower()
+    if route.gradio is not None:  # the app says which component takes the file (Image, Audio, File...)
+        hint = " ".join(str(p.component) for p in route.gradio.parameters if p.name == field).lower() or hint
     if any(word in hint for word in ("image", "img", "photo", "picture", "png", "jpg")):
         return sample_png(), "image/png"
     return sample_wav(), "audio/wav"
 
 
 def fill_template(path: str, values: dict) -> str:
-    return re.sub(r"\{([^}]+)\}", lambda m: str(values.get(m.group(1), "example")), path)
+    return re.sub(r"\{([^}]+)\}", lambda m: str(values.get(m.group(1), 1)), path)
 
 
-def body_for(route: Route) -> dict:
+def body_for(route: Route, extra_files: tuple[str, ...] = ()) -> dict:
     example = dict(route.example) if isinstance(route.example, dict) else {}
     example.pop("_path", None)
-    for field in route.file_fields:
-        data, content_type = sample_file(field, route)
-        example.setdefault(f"{field}_base64", base64.b64encode(data).decode())
-        example.setdefault(f"{field}_content_type", content_type)
+    for name in dict.fromkeys(route.file_fields + tuple(extra_files)):
+        data, content_type = sample_file(name, route)
+        example.setdefault(f"{name}_base64", base64.b64encode(data).decode())
+        if name not in extra_files:  # an override's field has its content type in the module
+            example.setdefault(f"{name}_content_type", content_type)
     if route.request_kind == "raw" and not {RAW_BASE64_KEY, RAW_TEXT_KEY} & set(example):
         declared = route.request_content_type or ""
         if declared.startswith("text/"):
@@ -110,7 +142,19 @@ def kind_of(cord: Cord) -> str:
     return f"{cord.mode} {route.request_kind}->{answer}"
 
 
-def plan(base_url: str, cords: list[Cord]) -> list[Call]:
+def override_files(overrides: Mapping | None) -> dict[tuple[str, str], tuple[str, ...]]:
+    """(path, METHOD) -> the file fields the module's CHUTE_ROUTE_OVERRIDES name for that route."""
+    out = {}
+    for key, value in (overrides or {}).items():
+        method, _, path = str(key).partition(" ")
+        files = value.get("file_fields") if isinstance(value, Mapping) else None
+        if files:
+            out[(path.strip(), method.upper())] = tuple(files)
+    return out
+
+
+def plan(base_url: str, cords: list[Cord], overrides: Mapping | None = None) -> list[Call]:
+    files = override_files(overrides)
     calls = []
     for cord in cords:
         url = base_url + cord.public_path
@@ -119,79 +163,184 @@ def plan(base_url: str, cords: list[Cord]) -> list[Call]:
             for template in cord.templates:
                 example = template.example if isinstance(template.example, dict) else {}
                 path = fill_template(template.upstream_path, example.get("_path") or {})
-                inner = body_for(template)
+                inner = body_for(template, files.get(template.key, ()))
                 payload = {"method": template.method, "path": path}
                 if inner:
                     payload[CATCH_ALL_BODY_KEY.get(template.request_kind, "form")] = inner
                 calls.append(Call(f"{template.method} {template.upstream_path}", "catch-all", "POST", url, payload))
             continue
-        body = body_for(route) if route else None
+        body = body_for(route, files.get(route.key, ())) if route else None
         expect = route.content_type if route and route.response_kind == "binary" else None
-        if cord.method in ("POST", "PUT", "PATCH"):
-            body = body if body is not None else {}
-        calls.append(Call(cord.public_path, kind_of(cord), cord.method, url, body or None, cord.stream, expect))
+        if cord.method in BODY_METHODS:
+            body = body if body is not None else {}  # `{}` is a body: a POST needs one
+        else:
+            body = body or None
+        calls.append(Call(cord.public_path, kind_of(cord), cord.method, url, body, cord.stream, expect))
     return calls
 
 
-def execute(session: requests.Session, call: Call, timeout: float) -> Result:
-    started = time.perf_counter()
-    size, status = 0, None
+def _streams(response: aiohttp.ClientResponse) -> bool:
+    """An answer that may never end: a stream type, or chunks with no length announced."""
+    ctype = response.headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
+    return ctype in STREAM_TYPES or response.content_length is None
+
+
+async def execute(session: aiohttp.ClientSession, call: Call, limits: Limits) -> Result:
+    """One call within `limits.call_timeout`; a streaming answer is read for a moment only."""
+    started = time.monotonic()
+    deadline = started + limits.call_timeout
+    data = json.dumps(call.body) if call.body is not None else None
+    headers = {"Content-Type": "application/json"} if data is not None else {}
+    size = 0
     try:
-        data = json.dumps(call.body) if call.body is not None else None
-        headers = {"Content-Type": "application/json"} if data is not None else {}
-        with session.request(call.method, call.url, data=data, headers=headers, stream=True, timeout=timeout) as answer:
-            status = answer.status_code
-            for chunk in answer.iter_content(1 << 16):
-                size += len(chunk)
-            content_type = answer.headers.get("Content-Type", "")
-    except requests.RequestException as exc:
-        return Result(call, status, time.perf_counter() - started, size, f"{type(exc).__name__}: {exc}")
-    seconds = time.perf_counter() - started
+        response = await asyncio.wait_for(
+            session.request(call.method, call.url, data=data, headers=headers, allow_redirects=False),
+            limits.call_timeout,
+        )
+    except asyncio.TimeoutError:
+        return Result(call, None, time.monotonic() - started, 0, f"no answer within {limits.call_timeout:g}s", "timeout")
+    except (aiohttp.ClientError, OSError) as exc:
+        return Result(call, None, time.monotonic() - started, 0, f"{type(exc).__name__}: {exc}")
+    status, content_type = response.status, response.headers.get("Content-Type", "")
+    streaming = _streams(response)
+    until = min(deadline, time.monotonic() + limits.stream_window) if streaming else deadline
+    finished = False
+    try:
+        while True:
+            left = until - time.monotonic()
+            if left <= 0:
+                break
+            try:
+                chunk = await asyncio.wait_for(response.content.readany(), left)
+            except asyncio.TimeoutError:
+                break
+            if not chunk:
+                finished = True
+                break
+            size += len(chunk)
+            if streaming and size >= limits.stream_bytes:
+                break
+    except (aiohttp.ClientError, OSError) as exc:
+        return Result(call, status, time.monotonic() - started, size, f"answer broken off: {type(exc).__name__}")
+    finally:
+        response.close()  # an unfinished answer must not go back to the pool
+    seconds = time.monotonic() - started
     if status >= 400:
         return Result(call, status, seconds, size, f"HTTP {status}")
-    if call.expect_type and not content_type.startswith(call.expect_type):
+    if not finished:
+        if streaming:
+            return Result(call, status, seconds, size, outcome="streams")
+        return Result(call, status, seconds, size, f"answer not complete within {limits.call_timeout:g}s", "timeout")
+    generic = call.expect_type == "application/octet-stream"  # "some file": any type will do
+    if call.expect_type and not generic and not content_type.startswith(call.expect_type):
         return Result(call, status, seconds, size, f"expected {call.expect_type}, got {content_type or 'none'}")
     return Result(call, status, seconds, size)
+
+
+async def run_calls(calls: list[Call], limits: Limits, check: Callable[[], None] = lambda: None) -> list[Result]:
+    """Every call, `limits.concurrency` at a time, results in the calls' order. `check` runs every
+    0.2 s and may raise (the chute died, Ctrl-C): the calls under way are then cancelled."""
+    gate = asyncio.Semaphore(max(1, limits.concurrency))
+    connector = aiohttp.TCPConnector(limit=max(1, limits.concurrency))
+    async with aiohttp.ClientSession(connector=connector, trust_env=False,
+                                     timeout=aiohttp.ClientTimeout(total=None)) as session:
+        async def one(call: Call) -> Result:
+            async with gate:
+                return await execute(session, call, limits)
+
+        async def watch() -> None:
+            while True:
+                check()
+                await asyncio.sleep(0.2)
+
+        check()
+        everything = asyncio.gather(*(one(call) for call in calls))
+        watcher = asyncio.ensure_future(watch())
+        try:
+            await asyncio.wait([everything, watcher], return_when=asyncio.FIRST_COMPLETED)
+            if watcher.done():
+                watcher.result()  # raises what check() raised
+            return list(everything.result())
+        finally:
+            for task in (everything, watcher):
+                task.cancel()
+            await asyncio.gather(everything, watcher, return_exceptions=True)
+
+
+def summary_line(results: list[Result]) -> str:
+    """'summary: 9 ok, 1 streams, 2 failed, 1 timeout' (every outcome, zeros included)."""
+    counts = Counter(result.outcome for result in results)
+    return "summary: " + ", ".join(f"{counts.get(outcome, 0)} {outcome}" for outcome in OUTCOMES)
 
 
 def table(results: list[Result]) -> str:
     rows = [("METHOD", "CORD", "KIND", "STATUS", "LATENCY", "BYTES", "")]
     for r in results:
+        note = r.problem or ("streams (read for a moment)" if r.outcome == "streams" else "")
         rows.append((r.call.method, r.call.label, r.call.kind, str(r.status or "-"), f"{r.seconds * 1000:.0f} ms",
-                     str(r.size), r.problem))
+                     str(r.size), note))
     widths = [max(len(row[i]) for row in rows) for i in range(6)]
     lines = ["  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:6])) + ("  " + row[6] if row[6] else "")
              for row in rows]
     return "\n".join(line.rstrip() for line in lines)
 
 
-def smoke(config: RunConfig, stop: threading.Event, call_timeout: float) -> int:
+def limits_for(limits: Limits, chute: object) -> Limits:
+    """`limits` with no more calls at once than the chute takes: the gateway refuses the others
+    (429, "at maximum capacity"), which would read as failures of the routes."""
+    concurrency = getattr(chute, "concurrency", None)
+    if isinstance(concurrency, int) and not isinstance(concurrency, bool) and concurrency > 0:
+        return replace(limits, concurrency=min(limits.concurrency, concurrency))
+    return limits
+
+
+def smoke(config: RunConfig, stop: threading.Event, limits: Limits) -> int:
     with dev_stack(config, stop) as stack:
-        calls = plan(stack.base_url, stack.cords)
-        results = []
-        with requests.Session() as session:
-            for call in calls:
-                if stack.stop.is_set():
-                    raise KeyboardInterrupt
-                stack.check()
-                results.append(execute(session, call, call_timeout))
+        calls = plan(stack.base_url, stack.cords, stack.module.get("CHUTE_ROUTE_OVERRIDES"))
+        limits = limits_for(limits, stack.module.chute)
+
+        def check() -> None:
+            if stack.stop.is_set():
+                raise Interrupted(signal.SIGINT)  # Ctrl-C or SIGTERM: the calls under way are cancelled
+            stack.check()
+
+        results = asyncio.run(run_calls(calls, limits, check))
     print(table(results))
     failed = [r for r in results if not r.ok]
-    print(f"\n{len(results) - len(failed)} passed, {len(failed)} failed")
+    print(f"\n{summary_line(results)}")
+    print(f"{len(results) - len(failed)} passed, {len(failed)} failed")
     return 1 if failed else 0
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} must be a positive number")
+    return value
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="deploy.sh --smoke", description=__doc__.splitlines()[0])
     add_stack_arguments(parser)
-    parser.add_argument("--call-timeout", type=float, default=120, help="seconds per call (default 120)")
+    parser.add_argument("--call-timeout", type=_positive, default=CALL_TIMEOUT,
+                        help=f"seconds for one call, answer included (default {CALL_TIMEOUT:g})")
+    parser.add_argument("--stream-window", type=_positive, default=STREAM_WINDOW,
+                        help=f"seconds to read an answer that streams before calling it 'streams' (default {STREAM_WINDOW:g})")
+    parser.add_argument("--concurrency", type=int, default=CONCURRENCY, choices=range(1, 65), metavar="N",
+                        help=f"calls at once, at most the chute's concurrency (default {CONCURRENCY})")
     parser.add_argument("--verbose", action="store_true", help="show the service's and the chute's logs")
     args = parser.parse_args(argv)
+    check_chute_ports(parser, args.port, args.logging_port)
     config = stack_config(args, quiet=not args.verbose)
+    limits = Limits(call_timeout=args.call_timeout, stream_window=min(args.stream_window, args.call_timeout),
+                    concurrency=args.concurrency)
 
     def go() -> int:
         with stop_on_signals() as stop:
-            return smoke(config, stop, args.call_timeout)
+            return smoke(config, stop, limits)
 
     run_cli(go, debug=config.debug, prog="deploy.sh --smoke")
 

@@ -83,7 +83,7 @@ def test_demo_service_routes_have_the_kinds_of_the_hand_written_manifest(demo_se
     proc = run_discovery("--base-url", demo_service, "-o", str(out))
     assert proc.returncode == 0, proc.stderr
     manifest = json.loads(out.read_text())
-    assert manifest["version"] == 2
+    assert manifest["version"] == 3
     assert_kinds_match_hand_written(manifest, int(demo_service.rsplit(":", 1)[1]))
     tts = next(r for r in manifest["routes"] if r["path"] == "/tts_to_audio/")
     assert tts["public_path"] == "/tts_to_audio" and tts["target_path"] == "/tts_to_audio/"
@@ -246,7 +246,7 @@ def test_readme_script_form_prints_the_manifest_to_stdout(demo_service):
         cwd=ROOT, capture_output=True, text=True, timeout=60,
     )
     assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout)["version"] == 2
+    assert json.loads(proc.stdout)["version"] == 3
 
 
 def test_missing_output_directory_fails_before_probing(demo_service, tmp_path):

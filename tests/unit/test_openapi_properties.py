@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tools.openapi import OPERATION_KEYS, convert_document, decode_document
-from tools.routes import Manifest, is_valid_cord_path, parse_manifest
+from tools.routes import BODY_METHODS, REQUEST_KINDS, Manifest, is_valid_cord_path, parse_manifest
 
 SCHEMA_NAMES = ["S0", "S1", "S2", "S3"]
 SEGMENT_CHARS = "abcxyzABZ019_-.~:@é %"
@@ -155,7 +155,9 @@ def check_conversion(doc: dict) -> None:
             assert route.path_params, route.path
         else:
             assert is_valid_cord_path(route.public_path), route.public_path
-        assert route.request_kind in ("json", "multipart", "form", "raw", "none")
+        assert route.request_kind in REQUEST_KINDS
+        if route.request_kind in ("none", "undeclared"):  # no declared body: by method
+            assert (route.request_kind == "undeclared") == (route.method in BODY_METHODS), route
         # a raw body always has a concrete media type to send
         assert (route.request_kind == "raw") == bool(route.request_content_type), route
         assert route.request_content_type is None or "*" not in route.request_content_type

@@ -156,3 +156,61 @@ def test_route_options_are_validated():
 def test_extensions_for_common_answers():
     assert extension_for("audio/wav") == ".wav" and extension_for("image/png; q=1") == ".png"
     assert extension_for("application/x-unknown-thing") == ""
+
+
+# --------------------------------------------------------------------------------------------------
+# Request kinds as real services declare them (issue 12)
+
+
+def test_post_without_declared_body_sends_undeclared_keys_as_json_and_query_params_as_query():
+    route = target(method="POST", request_kind="undeclared", query_params=("stream_options",))
+    out = build_outgoing(route, {"model": "m", "messages": [{"role": "user", "content": "hi"}],
+                                 "stream_options": "x", "file_base64": "QUJD"}, [])
+    assert out.has_json and out.json_body == {"model": "m", "messages": [{"role": "user", "content": "hi"}],
+                                              "file_base64": "QUJD"}
+    assert out.params == [("stream_options", "x")]
+
+
+def test_undeclared_on_get_is_all_query_and_old_none_on_post_reads_as_undeclared():
+    out = build_outgoing(target(method="GET", request_kind="undeclared"), {"q": "x"}, [])
+    assert (out.params, out.has_json) == ([("q", "x")], False)
+    from tools.routes import parse_manifest
+
+    old = parse_manifest({"version": 2, "routes": [{"path": "/a", "method": "POST", "request": {"kind": "none"}},
+                                                   {"path": "/b", "method": "GET", "request": {"kind": "none"}}]}, "m")
+    assert [r.request_kind for r in old.routes] == ["undeclared", "none"]
+    new = parse_manifest({"version": 3, "routes": [{"path": "/a", "method": "POST", "request": {"kind": "none"}}]}, "m")
+    assert new.routes[0].request_kind == "none"  # said on purpose in a v3 manifest: every key to the query
+    out = build_outgoing(Target(new.routes[0], 1), {"k": 1}, [])
+    assert (out.params, out.has_json) == ([("k", "1")], False)
+
+
+def test_an_empty_object_is_a_body_and_no_body_is_none():
+    for kind in ("json", "undeclared"):
+        out = build_outgoing(target(method="POST", request_kind=kind), {}, [])
+        assert out.has_json and out.json_body == {}, kind
+    out = build_outgoing(target(method="POST", request_kind="undeclared"), None, [])
+    assert not out.has_json and out.data is None
+    # GET routes send a body only when there is something in it
+    out = build_outgoing(target(method="GET", request_kind="json"), {}, [])
+    assert not out.has_json
+
+
+@pytest.mark.parametrize("kind,fields", [("json", ()), ("multipart", ("file",)), ("form", ()), ("raw", ())])
+def test_a_missing_caller_body_on_a_route_that_takes_one_is_a_bad_request(kind, fields):
+    with pytest.raises(BadRequest, match=r"POST /r takes a .*body.*the call had none"):
+        build_outgoing(target(method="POST", request_kind=kind, file_fields=fields), None, [])
+    # GET with no body is a plain call
+    build_outgoing(target(method="GET", request_kind=kind if kind != "raw" else "none"), None, [])
+
+
+@pytest.mark.parametrize("kind", ["json", "none", "undeclared"])
+def test_override_file_fields_make_any_bodyish_route_multipart(kind):
+    route = Route("/inference", "POST", request_kind=kind)
+    wav = b"RIFF\x00\x00\x00\x00WAVEfmt "
+    out = build_outgoing(Target(route, 1, file_fields={"file": "audio/wav"}),
+                         {"file": base64.b64encode(wav).decode(), "language": "en"}, [])
+    assert isinstance(out.data, aiohttp.FormData) and not out.has_json and out.params == []
+    parts = {f[0]["name"]: (f[0].get("filename"), f[1].get("Content-Type"), f[2]) for f in out.data._fields}
+    assert parts["file"] == ("file.wav", "audio/wav", wav)
+    assert parts["language"][2] == "en"

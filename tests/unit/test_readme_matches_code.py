@@ -81,8 +81,8 @@ def command_function(flag: str) -> str:
 def action_tools() -> dict[str, list[tuple[str, str | None]]]:
     """Action flag -> the (tools module, subcommand) its cmd_ function runs, helpers followed once."""
     functions = bash_functions(DEPLOY)
-    # `tool MODULE [SUB]`, `exec_tool MODULE`, or `cmd=(MODULE [SUB] ...)` run later by `tool "${cmd[@]}"`
-    tool_call = re.compile(r'(?:\b(?:exec_tool|tool)\s+|\bcmd=\()"?([a-z_]+)"?(?:\s+([a-z][a-z-]*))?')
+    # `tool MODULE [SUB]`, `exec_tool MODULE`, or `cmd=(MODULE [SUB] ...)` / `X_CMD=(...)` run later
+    tool_call = re.compile(r'(?:\b(?:exec_tool|tool)\s+|\b\w*(?:cmd|CMD)=\()"?([a-z_]+)"?(?:\s+([a-z][a-z-]*))?')
     result = {}
     for flag in actions():
         body = functions.get(command_function(flag), "")
@@ -507,10 +507,11 @@ def test_every_env_var_the_code_reads_is_in_readmes_table():
 def test_discovery_polling_intervals_are_the_codes():
     from tools import discover_routes
 
-    match = re.search(r"polled at once, every (\d+) ms \(a path that answered 404:\s+every (\d+) ms\)", README)
+    interval = r"([0-9.]+) (ms|s)"
+    match = re.search(rf"polled at once, every\s+{interval} \(a path that answered 404:\s+every\s+{interval}\)", README)
     assert match, "README's discovery section no longer states the polling intervals"
-    assert int(match.group(1)) == round(discover_routes.POLL_INTERVAL * 1000)
-    assert int(match.group(2)) == round(discover_routes.ABSENT_INTERVAL * 1000)
+    seconds = [float(value) / (1000 if unit == "ms" else 1) for value, unit in (match.group(1, 2), match.group(3, 4))]
+    assert seconds == [discover_routes.POLL_INTERVAL, discover_routes.ABSENT_INTERVAL]
 
 
 def test_an_override_naming_no_route_is_documented_as_the_warning_it_is(caplog_loguru):

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from tools.errors import ManifestError
 from tools.routes import (
+    MANIFEST_VERSION,
     Manifest,
     Route,
     decide_public_path,
@@ -184,5 +185,5 @@ def test_written_manifest_reads_back_identically(tmp_path):
     write_manifest(Manifest(routes=routes, skipped=[{"path": "/", "reason": "root"}]), path)
     back = read_manifest_file(path)
     assert [r.to_json() for r in back.routes] == [r.to_json() for r in routes]
-    assert json.loads(path.read_text())["version"] == 2
+    assert json.loads(path.read_text())["version"] == MANIFEST_VERSION == 3
     assert not list(tmp_path.glob(".*.tmp"))

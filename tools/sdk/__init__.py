@@ -137,6 +137,7 @@ def apply_plan(chute: "Chute", plan: Plan, handler_for: Callable[[CordPlan], Any
     state_of(chute).plans.append(plan)
     if plan.cords:
         _prune_shadowed_on_startup(chute, {item.function_name for item in plan.cords})
+    _dev_middleware_answers_bad_bodies()
 
 
 def _prune_shadowed_on_startup(chute: "Chute", ours: set[str]) -> None:
@@ -168,6 +169,37 @@ def cord_records(chute: "Chute") -> list[dict[str, Any]]:
         }
         for cord in chute._cords
     ]
+
+
+def _dev_middleware_answers_bad_bodies() -> None:
+    """In `chutes run --dev`, `DevMiddleware.dispatch` calls `request.json()` on every POST/PUT/PATCH
+    before any cord runs: an empty or non-JSON body is a bare 500 there. Inside that process (the SDK's
+    run module is loaded), it is replaced by the same dispatch that answers such a body as the
+    gateway does (400, or no body at all for an empty one), so --dev tells the caller the same."""
+    import sys
+
+    run = sys.modules.get("chutes.entrypoint.run")
+    middleware = getattr(run, "DevMiddleware", None)
+    if not isinstance(middleware, type) or getattr(middleware.dispatch, "wrapped_by_chutes_wrappers", False):
+        return  # not in dev mode (tools.sdk.node puts the real GraValMiddleware there), or done already
+
+    async def dispatch(self: Any, request: "Request", call_next: Any) -> Any:
+        args = None
+        if request.method in BODY_METHODS:
+            raw = await request.body()
+            if raw.strip():
+                try:
+                    args = json.loads(raw)
+                except ValueError as exc:
+                    from starlette.responses import JSONResponse
+
+                    return JSONResponse({"detail": f"invalid request JSON payload: {exc}"}, status_code=400)
+        request.state.serialized = False
+        request.state.decrypted = args
+        return await call_next(request)
+
+    dispatch.wrapped_by_chutes_wrappers = True  # type: ignore[attr-defined]
+    middleware.dispatch = dispatch
 
 
 @dataclass(frozen=True)
@@ -240,6 +272,41 @@ async def incoming(request: "Request", cord_stream: bool = False) -> Call:
             query += [(str(k), str(v)) for k, value in params.items() for v in (value if isinstance(value, list) else [value])]
     stream = cord_stream or (isinstance(payload, dict) and bool(payload.get("stream")))
     return Call(payload=payload, query=query, encrypt=encrypt, stream=stream and encrypt is not None, has_body=has_body)
+
+
+# --------------------------------------------------------------------------------------------------
+# Answers that can end abnormally
+
+
+class _Abort:
+    """Not bytes: the server cannot write it, fails the response and closes the connection."""
+
+
+def abortable_stream(chunks: Any, **kwargs: Any) -> Any:
+    """A StreamingResponse that ends abnormally (the connection closed, no final chunk) when
+    `chunks` raises UpstreamBroke, so a caller can tell a cut answer from a complete one.
+
+    Raising alone does not do it here: the SDK's middlewares (DevMiddleware, GraValMiddleware) are
+    Starlette `BaseHTTPMiddleware`s, which end the outer answer cleanly when the inner app's body
+    raises (starlette/middleware/base.py) and report the error only afterwards. A body message that
+    is not bytes goes through them to the server (hypercorn), which then drops the connection.
+    """
+    from starlette.responses import StreamingResponse
+
+    from tools.errors import UpstreamBroke
+
+    class Abortable(StreamingResponse):
+        async def stream_response(self, send: Any) -> None:
+            await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+            try:
+                async for chunk in self.body_iterator:
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            except UpstreamBroke:
+                await send({"type": "http.response.body", "body": _Abort(), "more_body": True})
+                raise
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    return Abortable(chunks, **kwargs)
 
 
 # --------------------------------------------------------------------------------------------------

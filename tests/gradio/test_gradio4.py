@@ -1,0 +1,92 @@
+"""Gradio 4 (routes without the /gradio_api prefix): discovery and every kind of function, the cord's
+call against the real app answering what the app's two-step API answers directly. The chute in
+front is the same as for Gradio 6 (test_gradio_calls.py); here the call is made in-process."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+
+import aiohttp
+import pytest
+
+from tests.gradio.conftest import Direct
+from tests.gradio.test_gradio_calls import png
+from tools.discover_routes import Config, Display, discover
+from tools.gradio_app import call_function
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def functions(gradio4_app, tmp_path_factory):
+    out = tmp_path_factory.mktemp("g4") / "m.json"
+    with open("/dev/null", "w") as quiet:
+        result = discover(Config(base_url=gradio4_app.url, output=str(out), live=False), Display(quiet, live=False))
+    assert result.outcomes[gradio4_app.port].kind == "gradio"
+    return {route.path: route.gradio for route in result.manifest.routes}
+
+
+@pytest.fixture(scope="module")
+def direct4(gradio4_app) -> Direct:
+    return Direct(gradio4_app.url, prefix="")
+
+
+async def call(app, function, body):
+    async with aiohttp.ClientSession() as session:
+        answer = await call_function(session, app.port, function, body, 30)
+        if hasattr(answer, "body_iterator"):
+            return answer, b"".join([chunk async for chunk in answer.body_iterator])
+        return answer, answer.body
+
+
+def test_discovery_without_prefix(functions):
+    assert len(functions) == 10
+    repeat = functions["/repeat"]
+    assert repeat.api_prefix == "" and repeat.version.startswith("4.")
+    assert repeat.parameters[1].has_default and repeat.parameters[1].default == 2
+    assert functions["/count"].generator and functions["/invert"].single_file_output
+    assert functions["/file_info"].file_parameters == ("path",)
+
+
+async def test_text_default_and_json(gradio4_app, functions, direct4):
+    _, body = await call(gradio4_app, functions["/greet"], {"name": "Ada"})
+    assert json.loads(body) == direct4.result("greet", ["Ada"])[0]
+    _, body = await call(gradio4_app, functions["/repeat"], {"text": "ab"})
+    assert json.loads(body) == direct4.result("repeat", ["ab", 2])[0] == "ab ab"
+    _, body = await call(gradio4_app, functions["/stats"], {"text": "a bb"})
+    assert json.loads(body) == direct4.result("stats", ["a bb"])[0]
+
+
+async def test_files_in_and_out(gradio4_app, functions, direct4):
+    image = png()
+    answer, body = await call(gradio4_app, functions["/invert"], {"image_base64": base64.b64encode(image).decode()})
+    expected, expected_type = direct4.file(direct4.result("invert", [direct4.upload(image, "image.png", "image/png")])[0])
+    assert (body, answer.media_type or answer.headers["content-type"]) == (expected, expected_type)
+    data = b"notes" * 10
+    _, body = await call(gradio4_app, functions["/file_info"], {"path_base64": base64.b64encode(data).decode(),
+                                                               "path_filename": "n.txt"})
+    assert json.loads(body) == direct4.result("file_info", [direct4.upload(data, "n.txt", "text/plain")])[0]
+    assert json.loads(body)["sha256"] == hashlib.sha256(data).hexdigest()
+    _, body = await call(gradio4_app, functions["/make_file"], {"text": "Q"})
+    assert body == direct4.file(direct4.result("make_file", ["Q"])[0])[0] == b"report for Q\n"
+    _, body = await call(gradio4_app, functions["/caption"], {"image_base64": base64.b64encode(image).decode()})
+    size, gray = json.loads(body)
+    expected = direct4.result("caption", [direct4.upload(image, "image.png", "image/png")])
+    assert size == expected[0] and base64.b64decode(gray["base64"]) == direct4.file(expected[1])[0]
+
+
+async def test_generator(gradio4_app, functions, direct4):
+    _, body = await call(gradio4_app, functions["/count"], {"n": 3})
+    assert json.loads(body) == direct4.result("count", [3])[0]
+    answer, body = await call(gradio4_app, functions["/count"], {"n": 3, "stream": True})
+    items = [json.loads(line[5:]) for line in body.decode().split("\n") if line.startswith("data:")]
+    assert items == [value[0] for kind, value in direct4.events("count", [3]) if kind == "generating"]
+
+
+async def test_errors_carry_no_message_in_gradio_4(gradio4_app, functions, direct4):
+    """Gradio 4's two-step API sends `error` with no data, for gr.Error as for a crash: an app failure."""
+    assert direct4.events("fail", ["x"])[-1] == ("error", None)
+    answer, body = await call(gradio4_app, functions["/fail"], {"text": "x"})
+    assert answer.status_code == 502 and "sent no reason" in json.loads(body)["detail"]

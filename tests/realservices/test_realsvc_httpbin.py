@@ -1,0 +1,158 @@
+"""httpbin (psf, PyPI) on Flask, documented by flasgger: its Swagger 2.0 spec sits at `/spec.json`
+and says `type: int`. Discovered, wrapped, smoke-tested and compared call by call with the chute."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+
+import pytest
+
+from tests.realservices.conftest import assert_same_answer, discover, media, write_module
+from tools.routes import read_manifest_file
+from tools import deploy_module
+from tools.cord_table import cords_of
+from tools.smoke import Limits, plan, run_calls, summary_line, table
+
+pytestmark = pytest.mark.realservices
+
+OVERRIDES = {"POST /post": {"file_fields": {"upload": "text/plain"}}}
+# httpbin's /bearer wants a token the callers cannot send on Chutes: the module adds it from the
+# chute's environment (a Chutes secret there).
+UPSTREAM_HEADERS = {"Authorization": "Bearer ${HTTPBIN_TOKEN}"}
+TOKEN = "realsvc-token-9f3a"
+
+
+@pytest.fixture(scope="module")
+def httpbin(realsvc_python, start_service):
+    return start_service("httpbin", [str(realsvc_python), "-m", "httpbin.core", "--host", "127.0.0.1", "--port", "{port}"],
+                         ready_path="/get")
+
+
+@pytest.fixture(scope="module")
+def wrapped(httpbin, realsvc_python, tmp_path_factory, chute_runner):
+    """(discovery's stderr, the module's path, the chute runner) for httpbin."""
+    directory = tmp_path_factory.mktemp("httpbin-module")
+    proc = discover(httpbin, directory / "deploy_httpbin.routes.json")
+    assert proc.returncode == 0, proc.stderr
+    module = write_module(directory, "httpbin", httpbin.port,
+                          [str(realsvc_python), "-m", "httpbin.core", "--port", str(httpbin.port)], OVERRIDES,
+                          UPSTREAM_HEADERS)
+    return proc.stderr, module, chute_runner(module, env={"HTTPBIN_TOKEN": TOKEN})
+
+
+def test_discovery_finds_flasggers_spec_json_and_reads_type_int(wrapped):
+    stderr, module, _ = wrapped
+    assert "spec at /spec.json" in stderr
+    assert "warning: port" in stderr and "type 'int' is not a JSON Schema type" in stderr
+    routes = {(r.method, r.path): r for r in read_manifest_file(module.with_name("deploy_httpbin.routes.json")).routes}
+    # `type: int` path parameters get numbers, never the word "example"
+    assert routes[("GET", "/bytes/{n}")].example["_path"] == {"n": 1}
+    assert routes[("GET", "/delay/{delay}")].example["_path"] == {"delay": 1}
+    # httpbin declares no body for its POSTs: the caller's keys go in a JSON body, not the query string
+    assert routes[("POST", "/anything")].request_kind == "undeclared"
+    assert routes[("POST", "/post")].request_kind == "undeclared"
+    assert routes[("GET", "/image/png")].response_kind == "binary"
+
+
+def test_smoke_finishes_with_every_outcome_counted(wrapped):
+    _, module, runner = wrapped
+    loaded = deploy_module.load(module, keep=False)
+    calls = plan(runner.base_url, cords_of(loaded.chute), loaded.get("CHUTE_ROUTE_OVERRIDES"))
+    results = asyncio.run(run_calls(calls, Limits(call_timeout=20)))
+    print(table(results))
+    print(summary_line(results))
+    by_label = {r.call.label: r for r in results}
+    assert len(results) == len(calls) > 40
+    for label in ("/get", "/uuid", "/anything", "/post", "/image/png", "/xml", "/html", "/json",
+                  "GET /stream/{n}", "GET /bytes/{n}", "GET /base64/{value}"):
+        assert by_label[label].ok, (label, by_label[label].status, by_label[label].problem)
+    assert sum(1 for r in results if r.outcome == "timeout") == 0, summary_line(results)
+
+
+def echo(body: dict) -> dict:
+    """What httpbin echoes that does not depend on who called (headers and origin do)."""
+    return {key: body.get(key) for key in ("args", "data", "files", "form", "json", "method")}
+
+
+def test_a_post_without_declared_body_sends_the_callers_json_as_a_json_body(httpbin, wrapped):
+    runner = wrapped[2]
+    body = {"model": "m", "file_base64": base64.b64encode(b"abc").decode(), "n": 2}
+    direct = httpbin.call("POST", "/anything", body)
+    through = runner.cord("POST", "/anything", body)
+    assert_same_answer(direct, through, echo)
+    assert through.json()["json"] == body and through.json()["args"] == {}
+
+
+def test_an_empty_object_is_sent_as_an_empty_json_body(httpbin, wrapped):
+    runner = wrapped[2]
+    direct = httpbin.call("POST", "/anything", {})
+    through = runner.cord("POST", "/anything", {})
+    assert_same_answer(direct, through, echo)
+    assert through.json()["json"] == {} and through.json()["data"] == "{}"
+
+
+def test_override_file_fields_make_an_undeclared_route_a_multipart_upload(httpbin, wrapped):
+    runner = wrapped[2]
+    direct = __import__("requests").post(httpbin.url + "/post", files={"upload": ("upload.txt", b"hello file", "text/plain")},
+                                         data={"lang": "en"}, timeout=30)
+    through = runner.cord("POST", "/post", {"upload_base64": base64.b64encode(b"hello file").decode(), "lang": "en"})
+    assert_same_answer(direct, through, echo)
+    assert through.json()["files"] == {"upload": "hello file"} and through.json()["form"] == {"lang": "en"}
+
+
+@pytest.mark.parametrize("path", ["/image/png", "/image/jpeg", "/xml", "/html", "/deny", "/encoding/utf8"])
+def test_binary_and_text_answers_are_byte_exact(httpbin, wrapped, path):
+    runner = wrapped[2]
+    direct = httpbin.call("GET", path)
+    through = runner.cord("GET", path)
+    assert_same_answer(direct, through, body="bytes")
+
+
+def test_upstream_headers_come_from_the_chutes_environment_and_stay_out_of_its_log(httpbin, wrapped):
+    runner = wrapped[2]
+    direct = httpbin.call("GET", "/bearer", headers={"Authorization": f"Bearer {TOKEN}"})
+    through = runner.cord("GET", "/bearer")
+    assert_same_answer(direct, through)
+    assert through.json() == {"authenticated": True, "token": TOKEN}
+    assert TOKEN not in runner.log.read_text(errors="replace") and TOKEN not in wrapped[1].read_text()
+
+
+def test_json_route_with_query_string_on_the_cord_url(httpbin, wrapped):
+    runner = wrapped[2]
+    direct = httpbin.call("GET", "/get", query={"a": "1", "b": "two"})
+    through = runner.cord("GET", "/get", query={"a": "1", "b": "two"})
+    assert_same_answer(direct, through, lambda body: body["args"])
+
+
+@pytest.mark.parametrize("path,compare", [
+    ("/base64/SFRUUEJJTiBpcyBhd2Vzb21l", "bytes"),
+    ("/bytes/64", "length"),
+    ("/stream-bytes/300", "length"),
+    ("/status/418", "bytes"),
+    ("/anything/some-thing", "json"),
+])
+def test_routes_with_path_parameters_through_the_catch_all(httpbin, wrapped, path, compare):
+    runner = wrapped[2]
+    direct = httpbin.call("GET", path)
+    through = runner.templated("GET", path)
+    assert_same_answer(direct, through, echo, body=compare)
+
+
+def test_json_lines_stream_through_the_catch_all(httpbin, wrapped):
+    """A chunked answer without a length on a cord that is not a stream cord. Fails through the
+    gateway (500 "No infrastructure available"): the chute streams it, the gateway expects one body."""
+    runner = wrapped[2]
+    direct = httpbin.call("GET", "/stream/3")
+    through = runner.templated("GET", "/stream/3")
+    lines = lambda r: [json.loads(line)["id"] for line in r.text.splitlines() if line.strip()]  # noqa: E731
+    assert through.status_code == 200 and media(through) == media(direct), (through.status_code, through.text[:300])
+    assert lines(through) == lines(direct) == [0, 1, 2]
+
+
+def test_a_server_error_is_passed_on_as_the_service_said_it(httpbin, wrapped):
+    runner = wrapped[2]
+    direct = httpbin.call("GET", "/status/500")
+    through = runner.templated("GET", "/status/500")
+    assert_same_answer(direct, through, body="bytes")

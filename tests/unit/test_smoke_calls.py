@@ -1,0 +1,164 @@
+"""`--smoke` on services as they come: a time limit per call, endless streams read for a moment,
+a few calls at a time, and a summary by outcome (against a real aiohttp server on loopback)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+from aiohttp import web
+
+from tools.routes import Route
+from tools.run_dev import Cord
+from tools.errors import Interrupted
+from tools.smoke import Call, Limits, Result, limits_for, plan, run_calls, summary_line, table
+
+LIMITS = Limits(call_timeout=1.0, stream_window=0.3, stream_bytes=4096, concurrency=4)
+
+
+def service() -> tuple[web.Application, dict]:
+    state = {"now": 0, "most": 0, "bodies": []}
+    release = asyncio.Event()
+
+    async def counted(handler):
+        state["now"] += 1
+        state["most"] = max(state["most"], state["now"])
+        try:
+            return await handler()
+        finally:
+            state["now"] -= 1
+
+    async def ok(request):
+        state["bodies"].append(await request.read())
+        return await counted(lambda: _later(web.json_response({"ok": True}), 0.05))
+
+    async def endless_sse(request):
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        while True:  # an event stream without an end
+            await response.write(b"data: tick\n\n")
+            await asyncio.sleep(0.02)
+
+    async def endless_bytes(request):
+        response = web.StreamResponse()  # chunked, no type that says "stream"
+        await response.prepare(request)
+        while True:
+            await response.write(b"x" * 1024)
+            await asyncio.sleep(0.001)
+
+    async def long_poll(request):
+        await release.wait()  # never answers within the limit
+        return web.json_response({})
+
+    async def slow_body(request):
+        response = web.StreamResponse(headers={"Content-Length": "100"})
+        await response.prepare(request)
+        await response.write(b"x")
+        await release.wait()
+        return response
+
+    async def boom(request):
+        return web.json_response({"error": {"message": "nope"}}, status=500)
+
+    async def short_stream(request):
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        await response.write(b"data: one\n\ndata: [DONE]\n\n")
+        await response.write_eof()
+        return response
+
+    app = web.Application()
+    app.add_routes([web.post("/ok", ok), web.get("/ok", ok), web.get("/sse", endless_sse), web.get("/bytes", endless_bytes),
+                    web.get("/poll", long_poll), web.get("/slow", slow_body), web.get("/boom", boom),
+                    web.get("/short", short_stream)])
+    return app, state
+
+
+async def _later(value, seconds):
+    await asyncio.sleep(seconds)
+    return value
+
+
+async def against_service(calls_for, limits=LIMITS, check=lambda: None):
+    app, state = service()
+    runner = web.AppRunner(app, shutdown_timeout=0.2)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    try:
+        return await run_calls(calls_for(f"http://127.0.0.1:{port}"), limits, check), state
+    finally:
+        await runner.cleanup()
+
+
+def call(base: str, path: str, method: str = "GET", body=None) -> Call:
+    return Call(path, "proxy", method, base + path, body)
+
+
+def test_each_outcome_and_the_summary_line():
+    paths = ["/ok", "/sse", "/bytes", "/poll", "/slow", "/boom", "/short"]
+    results, _ = asyncio.run(against_service(lambda base: [call(base, p) for p in paths]))
+    outcome = {r.call.label: r.outcome for r in results}
+    assert outcome == {"/ok": "ok", "/sse": "streams", "/bytes": "streams", "/poll": "timeout", "/slow": "timeout",
+                       "/boom": "failed", "/short": "ok"}
+    by_label = {r.call.label: r for r in results}
+    assert by_label["/sse"].size > 0 and by_label["/bytes"].size >= LIMITS.stream_bytes
+    assert "HTTP 500" in by_label["/boom"].problem
+    assert "no answer within 1s" in by_label["/poll"].problem
+    assert summary_line(results) == "summary: 2 ok, 2 streams, 1 failed, 2 timeout"
+    assert [r.call.label for r in results] == paths  # in the order planned, whatever order they ended in
+    assert "streams (read for a moment)" in table(results)
+
+
+def test_calls_run_a_few_at_a_time_never_more():
+    results, state = asyncio.run(against_service(lambda base: [call(base, "/ok") for _ in range(12)]))
+    assert all(r.outcome == "ok" for r in results)
+    assert 1 < state["most"] <= LIMITS.concurrency
+
+
+def test_a_stop_cancels_the_calls_under_way():
+    stop = {"now": False}
+
+    def check():
+        if stop["now"]:
+            raise Interrupted(2)
+
+    async def go():
+        loop = asyncio.get_running_loop()
+        loop.call_later(0.3, lambda: stop.update(now=True))
+        return await against_service(lambda base: [call(base, "/poll")] * 3, Limits(call_timeout=30), check)
+
+    with pytest.raises(Interrupted):
+        asyncio.run(go())
+
+
+def test_a_post_without_example_sends_an_empty_object_and_overrides_add_file_fields():
+    upload = Route("/inference", "POST", request_kind="json")
+    plain = Route("/v1/chat/completions", "POST", request_kind="undeclared")
+    get = Route("/v1/models", "GET", request_kind="none")
+    cords = [Cord("POST", "/inference", ":1/inference", False, route=upload, mode="proxy"),
+             Cord("POST", "/v1/chat/completions", ":1", False, route=plain, mode="proxy"),
+             Cord("GET", "/v1/models", ":1", False, route=get, mode="passthrough")]
+    calls = plan("http://x", cords, {"POST /inference": {"file_fields": {"file": "audio/wav"}}})
+    assert calls[0].body["file_base64"].startswith("UklG")  # a WAV; its type is the override's (audio/wav)
+    assert "file_content_type" not in calls[0].body
+    assert calls[1].body == {}
+    assert calls[2].body is None
+    results, state = asyncio.run(against_service(lambda base: [call(base, "/ok", "POST", {})]))
+    assert results[0].outcome == "ok" and json.loads(state["bodies"][0]) == {}
+
+
+def test_results_pass_for_ok_and_streams_only():
+    c = Call("/x", "k", "GET", "http://x")
+    assert Result(c, 200, 0.1, 1).ok and Result(c, 200, 0.1, 1, outcome="streams").ok
+    assert not Result(c, 500, 0.1, 1, "HTTP 500").ok and not Result(c, None, 1, 0, "slow", "timeout").ok
+
+
+def test_no_more_calls_at_once_than_the_chute_takes():
+    from chutes.chute import Chute
+
+    assert limits_for(Limits(concurrency=4), Chute(username="t", name="c", image="i")).concurrency == 1
+    assert limits_for(Limits(concurrency=4), Chute(username="t", name="c", image="i", concurrency=8)).concurrency == 4
+    assert limits_for(Limits(concurrency=4), object()).concurrency == 4
