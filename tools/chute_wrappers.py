@@ -16,7 +16,9 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 from loguru import logger
 
 from tools import sdk
-from tools.constants import DEFAULT_SERVICE_PORTS, DEFAULT_SERVICE_TIMEOUT, SKIP_REGISTRATION_ENV, env_flag, is_port
+from tools.constants import (
+    DEFAULT_SERVICE_PORTS, DEFAULT_SERVICE_TIMEOUT, PORT_MAX, PORT_MIN, SKIP_REGISTRATION_ENV, env_flag, is_port,
+)
 from tools.errors import WrapperError
 from tools.launcher import ServiceLauncher, attach_service, port_open, probe_services, wait_for_services
 from tools.registration import CordPlan, Plan, check_upstream_headers, plan, resolve_upstream_headers
@@ -96,7 +98,7 @@ def parse_service_ports(env_value: str | None = None) -> list[int]:
         if not item.isdigit() or not is_port(int(item)):
             raise WrapperError(
                 f"{source}: {item!r} is not a port number",
-                "give comma-separated integers from 1 to 65535, e.g. 8020,8080",
+                f"give comma-separated integers from {PORT_MIN} to {PORT_MAX}, e.g. 8020,8080",
             )
         if int(item) not in ports:
             ports.append(int(item))

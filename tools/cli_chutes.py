@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tools import chutes_api, deploy_module
-from tools.constants import MANIFEST_ENV
+from tools.constants import DEFAULT_SERVICE_TIMEOUT, MANIFEST_ENV
 from tools.deploy_module import ROOT
 from tools.errors import WrapperError, run_cli
 from tools.processes import chutes_executable
@@ -276,7 +276,7 @@ def image_ref(path: Path, env: dict[str, str]) -> str:
 
 def check_runtime(engine, image: str) -> None:
     """What Chutes does first with an image: start its runtime (the original tool's inspecto check)."""
-    proc = engine.call("run", "--rm", "--pull=never", "--entrypoint", "chutes", image, *INSPECTO_PROBE, timeout=600)
+    proc = engine.call("run", "--rm", "--pull=never", "--entrypoint", "chutes", image, *INSPECTO_PROBE, timeout=DEFAULT_SERVICE_TIMEOUT)
     if proc.returncode == 0:
         return
     tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])

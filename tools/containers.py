@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
-from tools.constants import ENV_KEY_RE
+from tools.constants import ENV_KEY_RE, is_port
 from tools.errors import EngineError, WrapperError
 
 ENGINE_ENV = "CHUTES_CONTAINER_ENGINE"
@@ -232,7 +232,7 @@ def inspect_image(engine: Engine, ref: str) -> ImageConfig:
     ports = []
     for key in config.get("ExposedPorts") or {}:
         number, _, proto = str(key).partition("/")
-        if number.isdigit() and 1 <= int(number) <= 65535 and proto in ("", "tcp"):
+        if number.isdigit() and is_port(int(number)) and proto in ("", "tcp"):
             ports.append(int(number))
     env = {}
     for item in config.get("Env") or []:

@@ -24,7 +24,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Iterator
 
-from tools.constants import SKIP_REGISTRATION_ENV, is_port
+from tools.constants import PORT_MAX, PORT_MIN, SKIP_REGISTRATION_ENV, is_port
 from tools.errors import ManifestError, WrapperError, run_cli
 from tools.routes import manifest_path
 
@@ -179,7 +179,7 @@ class DeployModule:
         for item in value:
             number = int(item) if isinstance(item, str) and item.isdigit() else item
             if not is_port(number):
-                raise WrapperError(f"{self.path.name}: SERVICE_PORTS entry {item!r} is not a port number 1-65535")
+                raise WrapperError(f"{self.path.name}: SERVICE_PORTS entry {item!r} is not a port number {PORT_MIN}-{PORT_MAX}")
             if number not in ports:
                 ports.append(number)
         if required and not ports:

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence, TextIO
 from urllib.parse import urljoin, urlsplit
 
-from tools.constants import ENV_KEY_RE, port_argument
+from tools.constants import ENV_KEY_RE, PORT_MAX, PORT_MIN, is_port, port_argument
 from tools.containers import (
     LABEL,
     LABEL_CHUTE,
@@ -681,8 +681,8 @@ def resolve_ports(config: Config, module: ModuleSettings | None) -> list[int]:
     else:
         ports = []
     for port in ports:
-        if not 1 <= port <= 65535:
-            raise WrapperError(f"--port {port} is outside 1-65535")
+        if not is_port(port):
+            raise WrapperError(f"--port {port} is outside {PORT_MIN}-{PORT_MAX}")
     return ports
 
 

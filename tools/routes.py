@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from tools.constants import MANIFEST_ENV, MANIFEST_JSON_ENV, SKIP_REGISTRATION_ENV, env_flag
+from tools.constants import MANIFEST_ENV, MANIFEST_JSON_ENV, PORT_MAX, PORT_MIN, SKIP_REGISTRATION_ENV, env_flag, is_port
 from tools.errors import ManifestError
 
 # 3: request kind "undeclared" (before it, discovery wrote "none" for a POST whose spec declares no body)
@@ -227,10 +227,10 @@ def _port(value: Any, source: str, index: int, key: str) -> int | None:
         port = int(value)
     except (TypeError, ValueError):
         raise ManifestError(
-            f"{_where(source, index, key)}: expected a port number 1-65535, got {value!r}"
+            f"{_where(source, index, key)}: expected a port number {PORT_MIN}-{PORT_MAX}, got {value!r}"
         ) from None
-    if not 1 <= port <= 65535 or (isinstance(value, float) and value != port):
-        raise ManifestError(f"{_where(source, index, key)}: port {value!r} is outside 1-65535")
+    if not is_port(port) or (isinstance(value, float) and value != port):
+        raise ManifestError(f"{_where(source, index, key)}: port {value!r} is outside {PORT_MIN}-{PORT_MAX}")
     return port
 
 
