@@ -427,7 +427,7 @@ pick_remote() {
   local kind="$1" page=0 total=0 pages listing line id name extra i
   local -a ids=() names=() extras=()
   while true; do
-    listing="$(tool cli_cloud pick "${kind}" --page "${page}" --limit "${PAGE_SIZE}")" || return 1
+    listing="$(tool cloud pick "${kind}" --page "${page}" --limit "${PAGE_SIZE}")" || return 1
     ids=() names=() extras=()
     while IFS=$'\t' read -r id name extra; do
       if [[ "${id}" == TOTAL ]]; then
@@ -549,13 +549,13 @@ cmd_discover() {
 
 cmd_validate() {
   value_or_pick_module validate || return
-  tool cli_module "${PICKED}" "${DEBUG_ARGS[@]}"
+  tool validate "${PICKED}" "${DEBUG_ARGS[@]}"
 }
 
 cmd_build() {
   value_or_pick_module build || return
   local module="${PICKED}" manifest
-  local -a cmd=(cli_chutes build "${module}" "${DEBUG_ARGS[@]}")
+  local -a cmd=(chutes_cli build "${module}" "${DEBUG_ARGS[@]}")
   if ((MENU)) && ! has_option --local; then
     ask "Build locally with docker/podman, or remotely on Chutes (needs a \$50 balance)? [L/r] " l
     [[ "${ANSWER}" == [rR] ]] || OPTIONS+=(--local)
@@ -582,7 +582,7 @@ cmd_build() {
 
 cmd_run() {
   value_or_pick_module "run in dev mode" || return
-  exec_tool run_dev "${PICKED}" "${RUN_OPTIONS[@]}"
+  exec_tool run_local "${PICKED}" "${RUN_OPTIONS[@]}"
 }
 
 cmd_smoke() {
@@ -592,7 +592,7 @@ cmd_smoke() {
 
 cmd_run_docker() {
   value_or_pick_module "run in a container" || return
-  local -a cmd=(cli_run_docker "${PICKED}")
+  local -a cmd=(run_docker "${PICKED}")
   local option
   for option in --port --gpus --timeout --image; do
     if [[ -n "$(option_value "${option}")" ]]; then
@@ -606,17 +606,17 @@ cmd_run_docker() {
 cmd_cleanup() {
   local status=0
   tool discover_routes --cleanup || status=1
-  tool cli_run_docker --cleanup || status=1
+  tool run_docker --cleanup || status=1
   return "${status}"
 }
 
-cmd_list_images() { tool cli_chutes list images "${DEBUG_ARGS[@]}"; }
-cmd_list_chutes() { tool cli_chutes list chutes "${DEBUG_ARGS[@]}"; }
+cmd_list_images() { tool chutes_cli list images "${DEBUG_ARGS[@]}"; }
+cmd_list_chutes() { tool chutes_cli list chutes "${DEBUG_ARGS[@]}"; }
 
 cmd_deploy() {
   value_or_pick_module deploy || return
   local module="${PICKED}"
-  local -a cmd=(cli_chutes deploy "${module}" "${DEBUG_ARGS[@]}")
+  local -a cmd=(chutes_cli deploy "${module}" "${DEBUG_ARGS[@]}")
   require_account
   if ! has_option --accept-fee && ! has_option --yes && can_ask; then
     if ! confirm "Deploying charges a fee to your Chutes balance. Accept it?"; then
@@ -639,12 +639,12 @@ cmd_deploy() {
 
 cmd_status() {
   value_or_pick_remote chutes "show" || return
-  tool cli_chutes status "${PICKED}" "${DEBUG_ARGS[@]}"
+  tool chutes_cli status "${PICKED}" "${DEBUG_ARGS[@]}"
 }
 
 cmd_logs() {
   value_or_pick_remote chutes "tail the logs of" || return
-  local -a cmd=(cli_cloud logs "${PICKED}")
+  local -a cmd=(cloud logs "${PICKED}")
   local option
   for option in --instance --backfill; do
     if [[ -n "$(option_value "${option}")" ]]; then
@@ -656,7 +656,7 @@ cmd_logs() {
 
 cmd_warmup() {
   value_or_pick_remote chutes "warm up" || return
-  local -a cmd=(cli_cloud warmup "${PICKED}")
+  local -a cmd=(cloud warmup "${PICKED}")
   if [[ -n "$(option_value --timeout)" ]]; then
     cmd+=(--timeout "$(option_value --timeout)")
   fi
@@ -671,14 +671,14 @@ cmd_keep_warm() {
     seconds="${ANSWER}"
   fi
   value_or_pick_remote chutes "keep warm" || return
-  exec_tool cli_cloud keep-warm "${PICKED}" --interval "${seconds}" "${DEBUG_ARGS[@]}"
+  exec_tool cloud keep-warm "${PICKED}" --interval "${seconds}" "${DEBUG_ARGS[@]}"
 }
 
 # Usage: delete_remote chutes|images — resolve, confirm by typing the name or id, delete.
 delete_remote() {
   local kind="$1" singular="${1%s}" resolved id name
   value_or_pick_remote "${kind}" delete || return
-  resolved="$(tool cli_cloud resolve "${kind}" "${PICKED}")" || return 1
+  resolved="$(tool cloud resolve "${kind}" "${PICKED}")" || return 1
   IFS=$'\t' read -r id name <<<"${resolved}"
   printf 'Delete %s %s (id %s)? This cannot be undone.\n' "${singular}" "${name}" "${id}"
   if ! has_option --yes; then
@@ -688,7 +688,7 @@ delete_remote() {
       die "'${ANSWER}' is neither ${name} nor ${id}: nothing was deleted"
     fi
   fi
-  tool cli_chutes delete "${kind}" "${id}" "${DEBUG_ARGS[@]}"
+  tool chutes_cli delete "${kind}" "${id}" "${DEBUG_ARGS[@]}"
 }
 
 cmd_delete() { delete_remote chutes; }
@@ -783,7 +783,7 @@ run_menu() {
   done
 }
 
-# Usage: derive_options — RUN_OPTIONS (for run_dev/smoke: all but --yes) and DEBUG_ARGS from OPTIONS.
+# Usage: derive_options — RUN_OPTIONS (for run_local/smoke: all but --yes) and DEBUG_ARGS from OPTIONS.
 derive_options() {
   local option
   RUN_OPTIONS=() DEBUG_ARGS=()

@@ -33,7 +33,7 @@ from tools.proxy import CATCH_ALL_BODY_KEY, RAW_BASE64_KEY, RAW_TEXT_KEY, RAW_TY
 from tools.routes import BODY_METHODS, Route
 from tools.cord_table import Cord
 from tools.processes import stop_on_signals
-from tools.run_dev import RunConfig, add_stack_arguments, check_chute_ports, dev_stack, stack_config
+from tools.local_stack import RunConfig, add_stack_arguments, check_chute_ports, stack_config, start_stack
 
 CALL_TIMEOUT = 20.0  # seconds for one call, answer included
 STREAM_WINDOW = 3.0  # an answer that streams is read this long ...
@@ -295,7 +295,7 @@ def limits_for(limits: Limits, chute: object) -> Limits:
 
 
 def smoke(config: RunConfig, stop: threading.Event, limits: Limits) -> int:
-    with dev_stack(config, stop) as stack:
+    with start_stack(config, stop) as stack:
         calls = plan(stack.base_url, stack.cords, stack.module.get("CHUTE_ROUTE_OVERRIDES"))
         limits = limits_for(limits, stack.module.chute)
 

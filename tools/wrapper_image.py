@@ -35,7 +35,7 @@ CACHE_DIR = f"{HOME_DIR}/.cache"
 # What Docker/podman use when an image defines no PATH (debootstrap and other imported images).
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
-# How the image setup script starts the line saying why it failed (read by tools/cli_chutes.py;
+# How the image setup script starts the line saying why it failed (read by tools/chutes_cli.py;
 # tools/image_setup.sh `fail` writes it, a unit test keeps the two equal).
 SETUP_ERROR = "chutes-wrappers: error: "
 

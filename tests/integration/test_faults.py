@@ -162,11 +162,11 @@ def dechunk(data: bytes) -> tuple[bytes, bool]:
 def run_chute():
     """Start a deploy module's chute in front of a running service; returns its base URL. The SDK's
     dev mode, started by the library as `deploy.sh --run --dev --no-service` does
-    (tools.run_dev.dev_stack), like tests/integration/test_proxy_cords.py; the platform's call path
+    (tools.local_stack.start_stack), like tests/integration/test_proxy_cords.py; the platform's call path
     (node and gateway) replaces this one fixture."""
     import threading
 
-    from tools.run_dev import RunConfig, dev_stack
+    from tools.local_stack import RunConfig, start_stack
 
     stacks = contextlib.ExitStack()
     saved = dict(os.environ)
@@ -175,7 +175,7 @@ def run_chute():
         os.environ.update(env)  # the module reads its ports at import, here and in the chute
         config = RunConfig(str(directory / f"{module}.py"), port=free_port(), logging_port=free_port(),
                            no_service=True, quiet=True, dev=True, timeout=90)
-        return stacks.enter_context(dev_stack(config, threading.Event())).base_url
+        return stacks.enter_context(start_stack(config, threading.Event())).base_url
 
     try:
         yield start

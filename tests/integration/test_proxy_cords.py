@@ -50,13 +50,13 @@ MODULE = textwrap.dedent(
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
     """(chute base URL, demo base URL): the demo service, and a test module's chute in the SDK's dev
-    mode started by the library as `deploy.sh --run --dev --no-service` does (tools.run_dev.dev_stack).
+    mode started by the library as `deploy.sh --run --dev --no-service` does (tools.local_stack.start_stack).
     The same cords on the platform's call path: tests/platform."""
     import subprocess
     import threading
 
     from tests.conftest import stop_process
-    from tools.run_dev import RunConfig, dev_stack
+    from tools.local_stack import RunConfig, start_stack
 
     tmp = tmp_path_factory.mktemp("proxy")
     (tmp / "deploy_proxytest.py").write_text(MODULE)
@@ -72,7 +72,7 @@ def stack(tmp_path_factory):
         wait_for_port(service_port, service)
         config = RunConfig(str(tmp / "deploy_proxytest.py"), port=free_port(), logging_port=free_port(),
                            no_service=True, quiet=True, dev=True, timeout=90)
-        with dev_stack(config, threading.Event()) as running:
+        with start_stack(config, threading.Event()) as running:
             yield running.base_url, f"http://127.0.0.1:{service_port}"
     finally:
         os.environ.clear()

@@ -14,7 +14,7 @@ import pytest
 from substrateinterface import Keypair
 
 from tools import account, chutes_api
-from tools.cli_chutes import Outcome, answer_for
+from tools.chutes_cli import Outcome, answer_for
 from tools.errors import WrapperError
 
 LOG = "2025-01-01 00:00:00.000 | {level:<8} | chutes.crud:_delete_object:180 - {message}"
@@ -170,7 +170,7 @@ def test_seed_from_a_hotkey_file(tmp_path):
 
 
 def test_run_docker_reports_a_failed_chute_startup_without_the_traceback():
-    from tools.cli_run_docker import startup_error
+    from tools.run_docker import startup_error
 
     lines = [
         "2026-11-30 | INFO | starting service",

@@ -19,7 +19,7 @@ from tools.wrapper_image import RUNTIME_FILES, SETUP_SCRIPT
 ROOT = Path(__file__).resolve().parents[2]
 # Modules that run inside the wrapped image: the template users copy (with its manifest).
 DEPLOY_MODULES = ["deploy_example"]
-# What starts there: the deploy modules' API, and the node runner (tools/cli_run_docker.py's entrypoint).
+# What starts there: the deploy modules' API, and the node runner (tools/run_docker.py's entrypoint).
 ENTRY_MODULES = ["tools.chute_wrappers", "tools.sdk.node"]
 
 
@@ -98,4 +98,4 @@ def test_deploy_module_imports_with_only_the_runtime_files(module, tmp_path):
                           timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert int(proc.stdout.split()[-1]) > 1, "registration ran and registered cords"
-    assert not (tmp_path / "tools" / "run_dev.py").exists()
+    assert not (tmp_path / "tools" / "run_local.py").exists()

@@ -10,7 +10,7 @@ import pytest
 from aiohttp import web
 
 from tools.routes import Route
-from tools.run_dev import Cord
+from tools.cord_table import Cord
 from tools.errors import Interrupted
 from tools.smoke import Call, Limits, Result, limits_for, plan, run_calls, summary_line, table
 

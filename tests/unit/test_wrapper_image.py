@@ -340,7 +340,7 @@ def test_only_the_runtime_files_of_tools_go_into_the_image(module_dir):
     image = build_wrapper_image("alice", "svc", "v1", BASE, module_file=str(module_dir / "deploy_x.py"))
     context = {path for directive in image._directives for path in directive._build_context}
     assert {"tools/chute_wrappers.py", "tools/launcher.py", "tools/proxy.py"} <= context
-    for cli_or_demo in ("tools/run_dev.py", "tools/discover_routes.py", "tools/demo_service.py", "tools/cli_chutes.py"):
+    for cli_or_demo in ("tools/run_local.py", "tools/discover_routes.py", "tools/demo_service.py", "tools/chutes_cli.py"):
         assert cli_or_demo not in context
         assert cli_or_demo not in str(image)
     assert "*" not in str(image)

@@ -9,12 +9,12 @@ import pytest
 import requests
 
 from tests.conftest import free_port
-from tests.integration.test_run_dev import run_dev  # noqa: F401  (the fixture)
+from tests.integration.test_run_local import run_dev  # noqa: F401  (the fixture)
 
 pytestmark = pytest.mark.integration
 
 # The service writes the environment it was given, then serves; the module writes the chute's
-# environment when `chutes run --dev` imports it (run_dev itself imports it without REMOTE).
+# environment when `chutes run --dev` imports it (the CLI itself imports it without REMOTE).
 MODULE = textwrap.dedent(
     """
     import json, os, sys

@@ -5,11 +5,11 @@ run here is judged by its output: "deployed" or "deleted" is reported only when 
 API's success. The SDK's y/n prompts are answered here (deploy.sh has already asked the user, or was
 given --yes), so scripted runs never wait for a keyboard.
 
-    python -m tools.cli_chutes list chutes|images [--page N] [--limit N]
-    python -m tools.cli_chutes status NAME_OR_ID
-    python -m tools.cli_chutes delete chutes|images ID
-    python -m tools.cli_chutes build MODULE [--local] [--debug]
-    python -m tools.cli_chutes deploy MODULE [--accept-fee] [--public] [--debug]
+    python -m tools.chutes_cli list chutes|images [--page N] [--limit N]
+    python -m tools.chutes_cli status NAME_OR_ID
+    python -m tools.chutes_cli delete chutes|images ID
+    python -m tools.chutes_cli build MODULE [--local] [--debug]
+    python -m tools.chutes_cli deploy MODULE [--accept-fee] [--public] [--debug]
 """
 
 from __future__ import annotations
@@ -304,7 +304,7 @@ def deploy(args: ChutesCommand) -> int:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m tools.cli_chutes", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m tools.chutes_cli", description=__doc__.splitlines()[0])
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", help="show tracebacks and the CLI's debug output")
     sub = parser.add_subparsers(dest="command", required=True)

@@ -1,11 +1,10 @@
-"""`deploy.sh --run MODULE`: the service and the chute on this machine, called as on Chutes.
+"""The service and the chute on this machine, as `deploy.sh --run` and `--smoke` start them.
 
-Starts the module's HOST_COMMAND, waits for SERVICE_PORTS, then the chute as `chutes run` runs it on a
-GPU node (tools.sdk.node: cords at their internal paths behind the SDK's real GraValMiddleware) with
-the local gateway in front (tools.gateway: the Chutes API's invocation rules), so every call takes the
-platform's path. `--dev` runs the SDK's dev server instead (`chutes run --dev`), for debugging.
-Prints every cord with a ready-to-paste curl line, then streams the logs until Ctrl-C. Everything it
-started is stopped on Ctrl-C, SIGTERM, or when any process dies.
+`start_stack(RunConfig)` starts the module's HOST_COMMAND, waits for SERVICE_PORTS, then the chute as
+`chutes run` runs it on a GPU node (tools.sdk.node: cords at their internal paths behind the SDK's
+real GraValMiddleware) with the local gateway in front (tools.gateway: the Chutes API's invocation
+rules), so every call takes the platform's path; with `dev=True` the SDK's dev server instead
+(`chutes run --dev`). Everything it started is stopped on the way out.
 """
 
 from __future__ import annotations
@@ -21,10 +20,10 @@ from typing import Any, Iterator
 from tools import deploy_module, sdk
 from tools.constants import DEFAULT_CHUTE_PORT, DEFAULT_LOCAL_TIMEOUT, SERVICE_EXTERNAL_ENV, chute_ports, port_argument
 from tools.containers import without_chutes_secrets
-from tools.cord_table import Cord, chutes_url, cord_table, cords_of
+from tools.cord_table import Cord, chutes_url, cords_of
 from tools.deploy_module import ROOT, DeployModule
-from tools.errors import WrapperError, run_cli
-from tools.processes import Child, chutes_executable, http_answers, port_in_use, stop_on_signals, wait_until
+from tools.errors import WrapperError
+from tools.processes import Child, chutes_executable, http_answers, port_in_use, wait_until
 
 
 @dataclass
@@ -44,7 +43,7 @@ class RunConfig:
 
 @dataclass
 class Stack:
-    """A running service (maybe) and chute, as `dev_stack` started them."""
+    """A running service (maybe) and chute, as `start_stack` started them."""
 
     module: DeployModule
     base_url: str
@@ -69,7 +68,7 @@ class Stack:
 
 
 @contextlib.contextmanager
-def dev_stack(config: RunConfig, stop: threading.Event | None = None) -> Iterator[Stack]:
+def start_stack(config: RunConfig, stop: threading.Event | None = None) -> Iterator[Stack]:
     """Start the module's service (HOST_COMMAND) and the chute; stop both on the way out.
 
     `stop` is set by the caller (main()'s signal handlers) to end the wait early.
@@ -132,19 +131,6 @@ def dev_stack(config: RunConfig, stop: threading.Event | None = None) -> Iterato
             child.stop()
 
 
-def run(config: RunConfig, stop: threading.Event) -> int:
-    with dev_stack(config, stop) as stack:
-        print("\n" + cord_table(stack.base_url, stack.cords, stack.public_url) + "\n", flush=True)
-        print("ready: streaming logs, Ctrl-C stops the chute and the service", flush=True)
-        if config.exit_when_ready:
-            return 0
-        while not stop.is_set():
-            stack.check()
-            stop.wait(0.2)
-        print("stopping...", flush=True)
-        return 130
-
-
 def add_stack_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("module", help="deploy module, e.g. deploy_example (or a path to one)")
     parser.add_argument("--port", type=port_argument, default=DEFAULT_CHUTE_PORT,
@@ -169,22 +155,3 @@ def check_chute_ports(parser: argparse.ArgumentParser, port: int, logging_port: 
 def stack_config(args: argparse.Namespace, **extra) -> RunConfig:
     return RunConfig(module=args.module, port=args.port, logging_port=args.logging_port, no_service=args.no_service,
                      timeout=args.timeout, debug=args.debug, dev=args.dev, **extra)
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="deploy.sh --run", description=__doc__.splitlines()[0])
-    add_stack_arguments(parser)
-    parser.add_argument("--exit-when-ready", action="store_true", help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    check_chute_ports(parser, args.port, args.logging_port)
-    config = stack_config(args, exit_when_ready=args.exit_when_ready)
-
-    def go() -> int:
-        with stop_on_signals() as stop:
-            return run(config, stop)
-
-    run_cli(go, debug=config.debug, prog="deploy.sh --run")
-
-
-if __name__ == "__main__":
-    main()

@@ -1,10 +1,10 @@
 """deploy.sh's API actions the `chutes` CLI does not script well: pickers, warmup, keep-warm, logs.
 
-    python -m tools.cli_cloud pick chutes|images [--page N] [--limit N]   # TSV for deploy.sh's pickers
-    python -m tools.cli_cloud resolve chutes|images NAME_OR_ID            # "id<TAB>name", or exit 1
-    python -m tools.cli_cloud warmup NAME [--timeout S]                   # until hot, with a progress line
-    python -m tools.cli_cloud keep-warm NAME --interval S                 # warm it every S seconds, Ctrl-C stops
-    python -m tools.cli_cloud logs NAME [--instance ID] [--backfill N]    # tail an instance's log
+    python -m tools.cloud pick chutes|images [--page N] [--limit N]   # TSV for deploy.sh's pickers
+    python -m tools.cloud resolve chutes|images NAME_OR_ID            # "id<TAB>name", or exit 1
+    python -m tools.cloud warmup NAME [--timeout S]                   # until hot, with a progress line
+    python -m tools.cloud keep-warm NAME --interval S                 # warm it every S seconds, Ctrl-C stops
+    python -m tools.cloud logs NAME [--instance ID] [--backfill N]    # tail an instance's log
 """
 
 from __future__ import annotations
@@ -212,7 +212,7 @@ def logs(args: CloudCommand) -> int:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m tools.cli_cloud", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m tools.cloud", description=__doc__.splitlines()[0])
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = parser.add_subparsers(dest="command", required=True)
