@@ -13,9 +13,8 @@ from urllib.parse import urlencode
 
 from tools import sdk
 from tools.proxy import RAW_BASE64_KEY, extension_for
-from tools.routes import Route
+from tools.routes import BODY_METHODS, Route
 
-BODY_METHODS = ("POST", "PUT", "PATCH")
 # How callers reach a deployed chute: https://{username}-{chute name}.chutes.ai/{path} with an API key.
 CHUTES_URL = "https://{slug}.chutes.ai"
 AUTH_HEADER = "Authorization: Bearer $CHUTES_API_KEY"
@@ -83,18 +82,26 @@ def chutes_url(username: str, chute_name: str) -> str:
     return CHUTES_URL.format(slug=slug)
 
 
-def curl_line(base_url: str, cord: Cord, auth: bool = False) -> str:
-    example = dict(cord.example) if isinstance(cord.example, dict) else cord.example
+def as_caller_sends(url: str, method: str, example: Any) -> tuple[str, Any]:
+    """(URL, JSON body) of a call with `example`: in the query string for GET and DELETE (the
+    gateway reads no body for them), as the JSON body otherwise. `_path` (path parameters) is left out."""
     if isinstance(example, dict):
-        example.pop("_path", None)
+        example = {key: value for key, value in example.items() if key != "_path"}
+    if method in BODY_METHODS or not isinstance(example, dict):
+        return url, example
+    if example:
+        url += "?" + urlencode({k: json.dumps(v) if isinstance(v, dict) else v for k, v in example.items()},
+                               doseq=True)
+    return url, None
+
+
+def curl_line(base_url: str, cord: Cord, auth: bool = False) -> str:
+    url, example = as_caller_sends(base_url + cord.public_path, cord.method, cord.example)
     parts = ["curl", "-sS"]
     if cord.stream:
         parts.append("-N")
     if cord.method != "GET":
         parts += ["-X", cord.method]
-    url = base_url + cord.public_path
-    if cord.method not in BODY_METHODS and isinstance(example, dict) and example:
-        url += "?" + urlencode(example, doseq=True)
     parts.append(url)
     if cord.binary_type:
         parts += ["-o", "response" + (extension_for(cord.binary_type) or ".bin")]

@@ -95,23 +95,6 @@ class Route:
         """Routes are the same route when path and method match (the README's merge rule)."""
         return (self.path, self.method)
 
-    def needs_proxy(self) -> str | None:
-        """Why the SDK's JSON-only passthrough cannot carry this route, or None when it can."""
-        if self.request_kind in ("multipart", "form"):
-            return f"{self.request_kind} request body"
-        if self.request_kind == "raw":
-            return f"raw {self.request_content_type or 'binary'} request body"
-        if self.response_kind in ("binary", "text"):
-            return f"{self.content_type or self.response_kind} response"
-        if self.query_params:
-            return "query parameters (" + ", ".join(self.query_params) + ")"
-        if self.request_kind == UNDECLARED and self.method in BODY_METHODS:
-            return "no declared request body"
-        if self.stream:
-            # The SDK streams a passthrough answer with no content type: SSE clients need theirs.
-            return f"{self.content_type or 'streamed'} response"
-        return None
-
     def to_json(self) -> dict:
         out: dict[str, Any] = {
             "path": self.path,

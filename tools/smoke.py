@@ -30,10 +30,10 @@ import aiohttp
 from tools.errors import Interrupted, run_cli
 from tools.openapi import STREAM_TYPES
 from tools.proxy import CATCH_ALL_BODY_KEY, RAW_BASE64_KEY, RAW_TEXT_KEY, RAW_TYPE_KEY
-from tools.routes import BODY_METHODS, Route
-from tools.cord_table import Cord
-from tools.processes import stop_on_signals
+from tools.cord_table import Cord, as_caller_sends
 from tools.local_stack import RunConfig, add_stack_arguments, check_chute_ports, stack_config, start_stack
+from tools.processes import stop_on_signals
+from tools.routes import BODY_METHODS, Route
 
 CALL_TIMEOUT = 20.0  # seconds for one call, answer included
 STREAM_WINDOW = 3.0  # an answer that streams is read this long ...
@@ -173,8 +173,7 @@ def plan(base_url: str, cords: list[Cord], overrides: Mapping | None = None) -> 
         expect = route.content_type if route and route.response_kind == "binary" else None
         if cord.method in BODY_METHODS:
             body = body if body is not None else {}  # `{}` is a body: a POST needs one
-        else:
-            body = body or None
+        url, body = as_caller_sends(url, cord.method, body)
         calls.append(Call(cord.public_path, kind_of(cord), cord.method, url, body, cord.stream, expect))
     return calls
 

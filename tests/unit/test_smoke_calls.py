@@ -162,3 +162,13 @@ def test_no_more_calls_at_once_than_the_chute_takes():
     assert limits_for(Limits(concurrency=4), Chute(username="t", name="c", image="i")).concurrency == 1
     assert limits_for(Limits(concurrency=4), Chute(username="t", name="c", image="i", concurrency=8)).concurrency == 4
     assert limits_for(Limits(concurrency=4), object()).concurrency == 4
+
+
+def test_get_examples_go_in_the_query_string_as_callers_on_chutes_send_them():
+    """The gateway reads no body for GET or DELETE: smoke must call as a caller on Chutes does."""
+    get = Cord("GET", "/v1/blob", ":8020/v1/blob", False, route=Route(
+        "/v1/blob", "GET", request_kind="none", query_params=("size",), example={"size": 65536}), mode="proxy")
+    post = Cord("POST", "/v1/echo", ":8020/v1/echo", False, route=Route("/v1/echo", "POST"), mode="proxy")
+    blob, echo = plan("http://chute", [get, post])
+    assert (blob.url, blob.body) == ("http://chute/v1/blob?size=65536", None)
+    assert (echo.url, echo.body) == ("http://chute/v1/echo", {})  # `{}` is a body

@@ -19,14 +19,13 @@ from loguru import logger
 
 from tools.errors import BadRequest
 from tools.registration import CordPlan, Plan
+from tools.routes import BODY_METHODS  # the methods whose body the gateway and the SDK read
 
 if TYPE_CHECKING:
     from chutes.chute import Chute
     from chutes.image import Image
     from starlette.requests import Request
 
-# The HTTP methods whose body the gateway and the SDK's middleware read (api/invocation/router.py).
-BODY_METHODS = ("POST", "PUT", "PATCH")
 
 
 # --------------------------------------------------------------------------------------------------
