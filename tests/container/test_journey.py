@@ -211,10 +211,11 @@ def check_echo(status, headers, body):
 
 
 def check_tts(status, headers, body):
+    # through the gateway, as on Chutes: a non-JSON answer arrives whole, without a Content-Length
     assert status == 200 and headers["Content-Type"] == "audio/wav"
-    assert int(headers["Content-Length"]) == len(body)
     with wave.open(io.BytesIO(body)) as audio:
         assert audio.getframerate() == 16000 and audio.getnframes() > 0
+        assert len(body) == 44 + audio.getnframes() * audio.getsampwidth() * audio.getnchannels()
 
 
 def check_demo_upload(status, headers, body):
@@ -273,7 +274,8 @@ def check_model_by_id(status, headers, body):
 
 
 def check_status_path(status, headers, body):
-    assert status == 201 and json.loads(body) == {"status": 201}
+    # the service answered 201; the gateway answers every success 200, as the Chutes API does
+    assert status == 200 and json.loads(body) == {"status": 201}
 
 
 def check_not_a_template(status, headers, body):
@@ -358,7 +360,9 @@ def test_health_cord_reports_a_dead_service(running, podman):
     assert report["ports"][str(DEMO_PORT)] == "ok"
     assert str(WHISPER_PORT) in report["ports"][str(WHISPER_PORT)]  # "port N: Connection refused"
     status, _, body = engine.http_json("POST", running.base_url + "/stt/inference", {"file_base64": WAV_B64})
-    assert status == 503, body  # the service is not listening: a clear 503, not a hang
+    # the chute answers 503 (its service is not listening): on Chutes an instance failure, which the
+    # gateway, finding no other instance, answers 500 at once (not a hang)
+    assert status == 500 and json.loads(body) == {"detail": "No infrastructure available to serve request"}, body
 
 
 def test_ctrl_c_stops_and_removes_everything(running, podman):

@@ -3,7 +3,8 @@ container that dies at startup is reported with its last output and removed too.
 
 The image is the cached Debian+Python test base (tests/container/engine.py) plus a stand-in `chutes`
 that serves HTTP on the port it is given (or dies, for a module named *crash*): what is tested here
-is deploy.sh's engine handling, not the Chutes runtime (the container tier builds the real one).
+is deploy.sh's engine handling, not the Chutes runtime (the container tier builds the real one and
+calls it through the local gateway), so these runs take --dev (`chutes run --dev` in the container).
 """
 
 from __future__ import annotations
@@ -78,7 +79,7 @@ def test_run_docker_gets_ready_prints_cords_and_ctrl_c_removes_the_container(pod
     port = free_port()
     log = tmp_path / "out.log"
     with open(log, "w") as out:
-        proc = subprocess.Popen([str(DEPLOY), "--run-docker", str(module), "--image", image, "--port", str(port),
+        proc = subprocess.Popen([str(DEPLOY), "--run-docker", str(module), "--dev", "--image", image, "--port", str(port),
                                  "--timeout", "120"], env=env_for(podman, home), stdin=subprocess.DEVNULL, stdout=out,
                                 stderr=subprocess.STDOUT, start_new_session=True)
         try:
@@ -105,7 +106,7 @@ def test_run_docker_container_that_dies_shows_its_output_and_is_removed(podman, 
     home.mkdir()
     name = f"deploy_crash_{uuid.uuid4().hex[:8]}"
     module = example_copy(tmp_path / f"{name}.py", manifest=True)
-    result = subprocess.run([str(DEPLOY), "--run-docker", str(module), "--image", image, "--port", str(free_port())],
+    result = subprocess.run([str(DEPLOY), "--run-docker", str(module), "--dev", "--image", image, "--port", str(free_port())],
                             env=env_for(podman, home), stdin=subprocess.DEVNULL, capture_output=True, text=True,
                             timeout=240)
     assert result.returncode == 1, result.stdout + result.stderr
