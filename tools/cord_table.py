@@ -12,8 +12,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from tools import sdk
-from tools.proxy import RAW_BASE64_KEY, extension_for
-from tools.routes import BODY_METHODS, Route
+from tools.routes import BODY_METHODS, RAW_BASE64_KEY, Route, extension_for
 
 # How callers reach a deployed chute: https://{username}-{chute name}.chutes.ai/{path} with an API key.
 CHUTES_URL = "https://{slug}.chutes.ai"

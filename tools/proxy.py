@@ -18,7 +18,6 @@ import asyncio
 import base64
 import binascii
 import json
-import mimetypes
 import re
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Callable
@@ -32,7 +31,9 @@ from starlette.responses import JSONResponse, Response
 from tools import sdk
 from tools.errors import BadRequest, UpstreamBroke
 from tools.registration import Target
-from tools.routes import BODY_METHODS, UNDECLARED, Route
+from tools.routes import (  # noqa: F401  (extension_for and the raw keys are proxy's conventions too)
+    BODY_METHODS, CATCH_ALL_BODY_KEY, RAW_BASE64_KEY, RAW_TEXT_KEY, RAW_TYPE_KEY, UNDECLARED, Route, extension_for,
+)
 
 SMALL_BODY = 1 << 20  # answers up to this size are read whole; larger ones are streamed
 CHUNK = 1 << 16
@@ -40,10 +41,6 @@ MAX_PROXY_PATH = 2048
 RETRY_AFTER_SECONDS = "5"
 KEEPALIVE_SECONDS = 2.0
 OFFLOAD_BYTES = 1 << 20  # callers' bodies above this are turned into the upstream request in a thread
-# A raw request body (request kind "raw") in the caller's JSON; other keys become query parameters.
-RAW_BASE64_KEY, RAW_TEXT_KEY, RAW_TYPE_KEY = "body_base64", "body", "content_type"
-# Where a catch-all call carries the body, by the route's request kind (else "form").
-CATCH_ALL_BODY_KEY = {"json": "json", "raw": "raw", UNDECLARED: "json"}
 _HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade",
                 "proxy-authenticate", "proxy-authorization", "content-length", "content-encoding"}
 _DATA_URL_RE = re.compile(r"^data:([^;,]*)(;[^,]*)?,(.*)$", re.S)
@@ -51,17 +48,6 @@ _MAGIC = (
     (b"RIFF", "audio/wav"), (b"\x89PNG", "image/png"), (b"\xff\xd8\xff", "image/jpeg"),
     (b"ID3", "audio/mpeg"), (b"OggS", "audio/ogg"), (b"fLaC", "audio/flac"), (b"%PDF", "application/pdf"),
 )
-
-
-_EXTENSIONS = {"audio/wav": ".wav", "audio/x-wav": ".wav", "audio/wave": ".wav", "audio/mpeg": ".mp3",
-               "audio/ogg": ".ogg", "audio/flac": ".flac", "image/png": ".png", "image/jpeg": ".jpg",
-               "image/webp": ".webp", "application/octet-stream": ".bin"}
-
-
-def extension_for(content_type: str | None) -> str:
-    """A file extension for a content type ('' when unknown)."""
-    bare = (content_type or "").split(";", 1)[0].strip().lower()
-    return _EXTENSIONS.get(bare) or mimetypes.guess_extension(bare) or ""
 
 
 # --------------------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import json
+import mimetypes
 import os
 import re
 from dataclasses import dataclass, field
@@ -28,6 +29,22 @@ BODY_METHODS = ("POST", "PUT", "PATCH")  # the methods whose caller body the pla
 UNDECLARED = "undeclared"
 REQUEST_KINDS = ("json", "multipart", "form", "raw", "none", UNDECLARED, "gradio")  # gradio: tools.gradio_app
 RESPONSE_KINDS = ("json", "binary", "text", "stream")
+
+# How callers' JSON carries what a route takes (README, "Calling proxy cords").
+# A raw request body (request kind "raw") in the caller's JSON; other keys become query parameters.
+RAW_BASE64_KEY, RAW_TEXT_KEY, RAW_TYPE_KEY = "body_base64", "body", "content_type"
+# Where a catch-all call carries the body, by the route's request kind (else "form").
+CATCH_ALL_BODY_KEY = {"json": "json", "raw": "raw", UNDECLARED: "json"}
+
+_EXTENSIONS = {"audio/wav": ".wav", "audio/x-wav": ".wav", "audio/wave": ".wav", "audio/mpeg": ".mp3",
+               "audio/ogg": ".ogg", "audio/flac": ".flac", "image/png": ".png", "image/jpeg": ".jpg",
+               "image/webp": ".webp", "application/octet-stream": ".bin"}
+
+
+def extension_for(content_type: str | None) -> str:
+    """A file extension for a content type ('' when unknown)."""
+    bare = (content_type or "").split(";", 1)[0].strip().lower()
+    return _EXTENSIONS.get(bare) or mimetypes.guess_extension(bare) or ""
 
 # First path segments that belong to a web UI or framework internals, never to the service's API.
 INTERNAL_PREFIXES = (

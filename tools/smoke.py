@@ -29,7 +29,7 @@ import aiohttp
 
 from tools.errors import Interrupted, run_cli
 from tools.openapi import STREAM_TYPES
-from tools.proxy import CATCH_ALL_BODY_KEY, RAW_BASE64_KEY, RAW_TEXT_KEY, RAW_TYPE_KEY
+from tools.routes import CATCH_ALL_BODY_KEY, RAW_BASE64_KEY, RAW_TEXT_KEY, RAW_TYPE_KEY
 from tools.cord_table import Cord, as_caller_sends
 from tools.local_stack import RunConfig, add_stack_arguments, check_chute_ports, stack_config, start_stack
 from tools.processes import stop_on_signals
