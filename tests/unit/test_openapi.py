@@ -126,7 +126,6 @@ def test_raw_request_bodies_are_raw_routes_with_their_media_type():
     })
     routes = {r.path: r for r in convert_document(doc, 1, "t").routes}
     assert (routes["/raw"].request_kind, routes["/raw"].request_content_type) == ("raw", "application/octet-stream")
-    assert routes["/raw"].needs_proxy() == "raw application/octet-stream request body"
     assert routes["/speech"].request_content_type == "audio/wav"  # the concrete type, not the wildcard
     # "*/*" is JSON-compatible: JSON wins over a raw image
     assert routes["/any"].request_kind == "json"

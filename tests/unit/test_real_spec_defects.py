@@ -91,7 +91,6 @@ def test_a_post_without_declared_body_is_undeclared_and_a_get_is_none():
                                       "responses": {"200": {"description": "ok"}}}}})
     routes = {(r.method, r.path): r for r in convert_document(doc, 1, "t").routes}
     assert routes[("POST", "/v1/chat/completions")].request_kind == "undeclared"
-    assert routes[("POST", "/v1/chat/completions")].needs_proxy() == "no declared request body"
     assert routes[("GET", "/items")].request_kind == "none"
     assert routes[("PUT", "/items")].request_kind == "undeclared"
     assert routes[("PUT", "/items")].example == {"force": False}

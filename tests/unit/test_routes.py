@@ -120,7 +120,6 @@ def test_v2_kinds_are_read():
     route = manifest.routes[0]
     assert route.request_kind == "multipart" and route.file_fields == ("file",)
     assert route.query_params == ("lang",)
-    assert "multipart" in route.needs_proxy()
     assert manifest.skipped[0]["reason"] == "root"
 
 
