@@ -234,6 +234,7 @@ def cord_views(chute: "Chute") -> list[CordView]:
 class Call:
     """One caller's call: the JSON body, the query string, and how the answer must be shaped.
 
+    `payload` is None when the caller sent no body at all (not the same as `{}`).
     `encrypt` is set on a node (GraValMiddleware): the answer goes back through the gateway, which
     decodes `{"json": enc}` / `{"body": enc, ...}` envelopes or, for `stream`, encrypted lines.
     """
@@ -242,7 +243,6 @@ class Call:
     query: list[tuple[str, str]]
     encrypt: Callable[[Any], str] | None = None
     stream: bool = False
-    has_body: bool = True
 
 
 async def incoming(request: "Request", cord_stream: bool = False) -> Call:
@@ -252,13 +252,12 @@ async def incoming(request: "Request", cord_stream: bool = False) -> Call:
     query = list(request.query_params.multi_items())
     if request.method in BODY_METHODS and hasattr(state, "decrypted"):
         # DevMiddleware (dev mode) or GraValMiddleware (node) decoded the body already.
-        payload, has_body = state.decrypted, True
+        payload = state.decrypted
     else:
         # GET/DELETE in dev mode, or a call from 127.0.0.1 that GraValMiddleware let through as is.
         raw = await request.body()
-        has_body = bool(raw.strip())
         try:
-            payload = json.loads(raw) if has_body else None
+            payload = json.loads(raw) if raw.strip() else None
         except ValueError:
             raise BadRequest("the request body is not JSON") from None
     if isinstance(payload, dict) and "json" in payload and "params" in payload:
@@ -266,11 +265,10 @@ async def incoming(request: "Request", cord_stream: bool = False) -> Call:
         # Cord._request_handler unwraps by the same test.
         params = payload.get("params") or {}
         payload = payload.get("json")
-        has_body = payload is not None
         if isinstance(params, dict):
             query += [(str(k), str(v)) for k, value in params.items() for v in (value if isinstance(value, list) else [value])]
     stream = cord_stream or (isinstance(payload, dict) and bool(payload.get("stream")))
-    return Call(payload=payload, query=query, encrypt=encrypt, stream=stream and encrypt is not None, has_body=has_body)
+    return Call(payload=payload, query=query, encrypt=encrypt, stream=stream and encrypt is not None)
 
 
 # --------------------------------------------------------------------------------------------------
