@@ -40,7 +40,7 @@ ACTIONS=(
 )
 VALUE_OPTIONS=(--port --logging-port --timeout --call-timeout --concurrency --backfill --gpus --instance --image)
 NUMBER_OPTIONS=(--port --logging-port --timeout --call-timeout --concurrency --backfill)
-PORT_OPTIONS=(--port --logging-port) # numbers in 1-65535 (tools/constants.py checks the same for the tools)
+PORT_OPTIONS=(--port --logging-port) # numbers in 1-65535 (tools/runtime/constants.py checks the same for the tools)
 readonly MAX_PORT=65535
 FLAG_OPTIONS=(--local --accept-fee --public --no-service --verbose --dev --yes --debug)
 PASSTHROUGH_ACTIONS=(--discover --new) # their tool parses what follows the value
@@ -178,7 +178,7 @@ Options:
 
 MODULE is deploy_<name> (a deploy_*.py beside deploy.sh) or a path to one; CHUTE and IMAGE are a
 name or an id. --discover and --new pass the options after their value to their tool
-(python -m tools.discover_routes --help, python -m tools.new_module --help).
+(python -m tools.discover_routes --help, python -m tools.commands.new --help).
 
 Examples:
   ./deploy.sh --validate deploy_myservice
@@ -427,7 +427,7 @@ pick_remote() {
   local kind="$1" page=0 total=0 pages listing line id name extra i
   local -a ids=() names=() extras=()
   while true; do
-    listing="$(tool cloud pick "${kind}" --page "${page}" --limit "${PAGE_SIZE}")" || return 1
+    listing="$(tool commands.pick list "${kind}" --page "${page}" --limit "${PAGE_SIZE}")" || return 1
     ids=() names=() extras=()
     while IFS=$'\t' read -r id name extra; do
       if [[ "${id}" == TOTAL ]]; then
@@ -503,11 +503,11 @@ value_or_pick_remote() {
 # Actions: one cmd_<action> per table row
 
 # Usage: require_account — fail early (before any question) when no Chutes account is configured.
-require_account() { tool account check; }
+require_account() { tool commands.account check; }
 
-cmd_account() { tool account info "${DEBUG_ARGS[@]}"; }
-cmd_link_hotkey() { tool account link "${DEBUG_ARGS[@]}"; }
-cmd_set_api_key() { tool account set-api-key "${DEBUG_ARGS[@]}"; }
+cmd_account() { tool commands.account info "${DEBUG_ARGS[@]}"; }
+cmd_link_hotkey() { tool commands.account link "${DEBUG_ARGS[@]}"; }
+cmd_set_api_key() { tool commands.account set-api-key "${DEBUG_ARGS[@]}"; }
 
 cmd_new() {
   local name="${VALUE}"
@@ -522,7 +522,7 @@ cmd_new() {
   fi
   if [[ -n "$(option_value --image)" ]]; then extra+=(--image "$(option_value --image)"); fi
   if has_option --yes; then extra+=(--yes); fi
-  tool new_module "${name}" "${extra[@]}" "${DEBUG_ARGS[@]}"
+  tool commands.new "${name}" "${extra[@]}" "${DEBUG_ARGS[@]}"
 }
 
 # Usage: discover_command MODULE_PATH [OPTIONS...] — DISCOVER_CMD: the tool and arguments of route
@@ -549,13 +549,13 @@ cmd_discover() {
 
 cmd_validate() {
   value_or_pick_module validate || return
-  tool validate "${PICKED}" "${DEBUG_ARGS[@]}"
+  tool commands.validate "${PICKED}" "${DEBUG_ARGS[@]}"
 }
 
 cmd_build() {
   value_or_pick_module build || return
   local module="${PICKED}" manifest
-  local -a cmd=(chutes_cli build "${module}" "${DEBUG_ARGS[@]}")
+  local -a cmd=(commands.build "${module}" "${DEBUG_ARGS[@]}")
   if ((MENU)) && ! has_option --local; then
     ask "Build locally with docker/podman, or remotely on Chutes (needs a \$50 balance)? [L/r] " l
     [[ "${ANSWER}" == [rR] ]] || OPTIONS+=(--local)
@@ -582,17 +582,17 @@ cmd_build() {
 
 cmd_run() {
   value_or_pick_module "run in dev mode" || return
-  exec_tool run_local "${PICKED}" "${RUN_OPTIONS[@]}"
+  exec_tool commands.run "${PICKED}" "${RUN_OPTIONS[@]}"
 }
 
 cmd_smoke() {
   value_or_pick_module smoke-test || return
-  exec_tool smoke "${PICKED}" "${RUN_OPTIONS[@]}"
+  exec_tool commands.smoke "${PICKED}" "${RUN_OPTIONS[@]}"
 }
 
 cmd_run_docker() {
   value_or_pick_module "run in a container" || return
-  local -a cmd=(run_docker "${PICKED}")
+  local -a cmd=(commands.run_docker "${PICKED}")
   local option
   for option in --port --gpus --timeout --image; do
     if [[ -n "$(option_value "${option}")" ]]; then
@@ -606,17 +606,17 @@ cmd_run_docker() {
 cmd_cleanup() {
   local status=0
   tool discover_routes --cleanup || status=1
-  tool run_docker --cleanup || status=1
+  tool commands.run_docker --cleanup || status=1
   return "${status}"
 }
 
-cmd_list_images() { tool chutes_cli list images "${DEBUG_ARGS[@]}"; }
-cmd_list_chutes() { tool chutes_cli list chutes "${DEBUG_ARGS[@]}"; }
+cmd_list_images() { tool commands.listing images "${DEBUG_ARGS[@]}"; }
+cmd_list_chutes() { tool commands.listing chutes "${DEBUG_ARGS[@]}"; }
 
 cmd_deploy() {
   value_or_pick_module deploy || return
   local module="${PICKED}"
-  local -a cmd=(chutes_cli deploy "${module}" "${DEBUG_ARGS[@]}")
+  local -a cmd=(commands.deploy "${module}" "${DEBUG_ARGS[@]}")
   require_account
   if ! has_option --accept-fee && ! has_option --yes && can_ask; then
     if ! confirm "Deploying charges a fee to your Chutes balance. Accept it?"; then
@@ -639,12 +639,12 @@ cmd_deploy() {
 
 cmd_status() {
   value_or_pick_remote chutes "show" || return
-  tool chutes_cli status "${PICKED}" "${DEBUG_ARGS[@]}"
+  tool commands.status "${PICKED}" "${DEBUG_ARGS[@]}"
 }
 
 cmd_logs() {
   value_or_pick_remote chutes "tail the logs of" || return
-  local -a cmd=(cloud logs "${PICKED}")
+  local -a cmd=(commands.logs "${PICKED}")
   local option
   for option in --instance --backfill; do
     if [[ -n "$(option_value "${option}")" ]]; then
@@ -656,7 +656,7 @@ cmd_logs() {
 
 cmd_warmup() {
   value_or_pick_remote chutes "warm up" || return
-  local -a cmd=(cloud warmup "${PICKED}")
+  local -a cmd=(commands.warmup "${PICKED}")
   if [[ -n "$(option_value --timeout)" ]]; then
     cmd+=(--timeout "$(option_value --timeout)")
   fi
@@ -671,14 +671,14 @@ cmd_keep_warm() {
     seconds="${ANSWER}"
   fi
   value_or_pick_remote chutes "keep warm" || return
-  exec_tool cloud keep-warm "${PICKED}" --interval "${seconds}" "${DEBUG_ARGS[@]}"
+  exec_tool commands.keep_warm "${PICKED}" --interval "${seconds}" "${DEBUG_ARGS[@]}"
 }
 
 # Usage: delete_remote chutes|images — resolve, confirm by typing the name or id, delete.
 delete_remote() {
   local kind="$1" singular="${1%s}" resolved id name
   value_or_pick_remote "${kind}" delete || return
-  resolved="$(tool cloud resolve "${kind}" "${PICKED}")" || return 1
+  resolved="$(tool commands.pick resolve "${kind}" "${PICKED}")" || return 1
   IFS=$'\t' read -r id name <<<"${resolved}"
   printf 'Delete %s %s (id %s)? This cannot be undone.\n' "${singular}" "${name}" "${id}"
   if ! has_option --yes; then
@@ -688,7 +688,7 @@ delete_remote() {
       die "'${ANSWER}' is neither ${name} nor ${id}: nothing was deleted"
     fi
   fi
-  tool chutes_cli delete "${kind}" "${id}" "${DEBUG_ARGS[@]}"
+  tool commands.delete "${kind}" "${id}" "${DEBUG_ARGS[@]}"
 }
 
 cmd_delete() { delete_remote chutes; }

@@ -305,7 +305,7 @@ config_path() {
 
 # Usage: backup_config FILE — copy FILE to FILE.bak.<YYYYmmdd-HHMMSS> (mode 600, never
 # overwriting an older backup) and print the backup's path. FILE itself is left untouched.
-# The rule lives in tools/private_files.py (standard library only), shared with tools/account.py.
+# The rule lives in tools/private_files.py (standard library only), shared with tools/commands/account.py.
 backup_config() {
   "${BACKUP_PYTHON:-python3}" "$SETUP_DIR/tools/private_files.py" backup "$1"
 }
@@ -336,7 +336,7 @@ maybe_register() {
 # The seed is asked by the Python tool (no echo) or read from stdin; it never passes through here.
 link_hotkey() {
   local venv="$1" repo="$2"
-  if ! (cd -- "$repo" && "$venv/bin/python" -m tools.account link); then
+  if ! (cd -- "$repo" && "$venv/bin/python" -m tools.commands.account link); then
     err "linking the hotkey failed (see above); nothing was changed. Try again with: ./setup.sh --link-hotkey"
     return 1
   fi

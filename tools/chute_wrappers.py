@@ -15,14 +15,14 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 from loguru import logger
 
-from tools import sdk
-from tools.constants import (
+from tools.runtime.sdk.chute import apply_plan, module_cords, resource, used_names
+from tools.runtime.constants import (
     DEFAULT_SERVICE_PORTS, DEFAULT_SERVICE_TIMEOUT, PORT_MAX, PORT_MIN, SKIP_REGISTRATION_ENV, env_flag, is_port,
 )
-from tools.errors import WrapperError
-from tools.launcher import ServiceLauncher, attach_service, port_open, probe_services, wait_for_services
-from tools.registration import CordPlan, Plan, check_upstream_headers, plan, resolve_upstream_headers
-from tools.routes import Route, choose_manifest, coerce_routes, merge_routes
+from tools.runtime.errors import WrapperError
+from tools.runtime.launcher import ServiceLauncher, attach_service, port_open, probe_services, wait_for_services
+from tools.runtime.registration import CordPlan, Plan, check_upstream_headers, plan, resolve_upstream_headers
+from tools.runtime.routes import Route, choose_manifest, coerce_routes, merge_routes
 
 if TYPE_CHECKING:  # importing chutes.chute costs ~0.7 s; only the type checker needs it here
     from chutes.chute import Chute
@@ -30,6 +30,7 @@ if TYPE_CHECKING:  # importing chutes.chute costs ~0.7 s; only the type checker 
 __all__ = [
     "build_wrapper_image",
     "load_route_manifest",
+    "register_routes",
     "register_passthrough_routes",
     "wait_for_services",
     "probe_services",
@@ -38,12 +39,8 @@ __all__ = [
     "add_health_cord",
     "attach_service",
     "ServiceLauncher",
-    "RegistrationReport",
     "WrapperError",
 ]
-
-# The name deploy modules and older code know the plan by.
-RegistrationReport = Plan
 
 PLACEHOLDER_USERNAME = "chutes-user"
 
@@ -53,8 +50,8 @@ PLACEHOLDER_USERNAME = "chutes-user"
 
 
 def build_wrapper_image(username: str, name: str, tag: str, base_image: str, **options: Any):
-    """A Chutes-compatible image from any base image; see tools.wrapper_image for the options."""
-    from tools.wrapper_image import build_wrapper_image as build
+    """A Chutes-compatible image from any base image; see tools.runtime.image for the options."""
+    from tools.runtime.image import build_wrapper_image as build
 
     return build(username, name, tag, base_image, **options)
 
@@ -146,7 +143,7 @@ def load_route_manifest(
     (a file), `manifest_path`, `<caller>.routes.json` beside the calling module. None at all is fine
     (static routes only). With `CHUTES_SKIP_ROUTE_REGISTRATION` set, nothing is read: returns [].
     """
-    from tools.wrapper_image import caller_file
+    from tools.runtime.image import caller_file
 
     choice = choose_manifest(caller_file(), manifest_path)
     if choice.kind == "none":
@@ -165,7 +162,7 @@ def load_route_manifest(
 # Cord registration
 
 
-def register_passthrough_routes(
+def register_routes(
     chute: "Chute",
     routes: Iterable[Route | Mapping],
     default_port: int,
@@ -178,15 +175,15 @@ def register_passthrough_routes(
 ) -> Plan:
     """Register a cord for every route; skip what cannot be a cord, with the reason.
 
-    Every route becomes a proxy cord (tools.proxy) that carries JSON, uploads, forms, binary and text
-    answers, query strings and streams. `overrides` maps "METHOD /path" to {"timeout": s,
+    Every route becomes a proxy cord (tools/runtime/cords/) that carries JSON, uploads, forms, binary
+    and text answers, query strings and streams. `overrides` maps "METHOD /path" to {"timeout": s,
     "file_fields": {name: content_type}}. `catch_all` (e.g. "/proxy") adds one cord that reaches
     routes with path parameters, strictly by the manifest's templates. `upstream_error_status` is the
     status a cord answers when the service answers 5xx (None: the service's own status).
     `upstream_headers` (CHUTE_UPSTREAM_HEADERS) are added to every request to the service; `${NAME}` in
     a value is read from the chute's environment when it starts (a Chutes secret, say), never logged.
 
-    The decisions are `tools.registration.plan` (see there); the returned plan says what was
+    The decisions are `tools.runtime.registration.plan` (see there); the returned plan says what was
     registered and what was skipped, and why. Never raises InvalidPath or DuplicatePath.
     """
     if env_flag(SKIP_REGISTRATION_ENV):
@@ -199,20 +196,24 @@ def register_passthrough_routes(
         catch_all=catch_all,
         upstream_error_status=upstream_error_status,
         timeout=timeout,
-        module_cords=sdk.module_cords(chute),
-        used_names=sdk.used_names(chute),
+        module_cords=module_cords(chute),
+        used_names=used_names(chute),
     )
-    sdk.apply_plan(chute, result, lambda item: _handler(chute, item))
+    apply_plan(chute, result, lambda item: _handler(chute, item))
     if headers:
         _resolve_headers_on_startup(chute, headers)
     logger.info(result.summary())
     return result
 
 
-def _pool(chute: "Chute"):
-    from tools.proxy import UpstreamPool
+# The seed's name: it registers no SDK passthrough cords any more, but deploy modules call it so.
+register_passthrough_routes = register_routes
 
-    return sdk.resource(chute, "upstream pool", UpstreamPool)
+
+def _pool(chute: "Chute"):
+    from tools.runtime.cords.pool import UpstreamPool
+
+    return resource(chute, "upstream pool", UpstreamPool)
 
 
 def _resolve_headers_on_startup(chute: "Chute", headers: dict[str, str]) -> None:
@@ -224,13 +225,6 @@ def _resolve_headers_on_startup(chute: "Chute", headers: dict[str, str]) -> None
 
 
 def _handler(chute: "Chute", item: CordPlan):
-    from tools.proxy import make_catch_all_handler, make_handler
+    from tools.runtime.cords.handler import handler_for
 
-    pool = _pool(chute)
-    if item.kind == "catch-all":
-        return make_catch_all_handler(pool, list(item.templates))
-    if item.route.gradio is not None:  # a Gradio function: its cord runs Gradio's two-step call
-        from tools.gradio_app import make_gradio_handler
-
-        return make_gradio_handler(pool, item.target.port, item.route.gradio, item.target.timeout)
-    return make_handler(pool, item.target, stream=item.stream)
+    return handler_for(_pool(chute), item)

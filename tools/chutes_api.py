@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
-from tools.constants import API_KEY_ENV, API_URL_ENV
-from tools.errors import APIError, WrapperError
+from tools.runtime.constants import API_KEY_ENV, API_URL_ENV
+from tools.runtime.errors import APIError, WrapperError
 
 DEFAULT_API_URL = "https://api.chutes.ai"
 # The SDK's header names (chutes.constants); repeated here so reading them costs no chutes import.
@@ -172,7 +172,7 @@ def signing_message(hotkey: str, nonce: str, payload: bytes | None = None, purpo
 
 
 def signed_headers(account: Account, payload: bytes | None = None, purpose: str | None = None) -> dict[str, str]:
-    from substrateinterface import Keypair  # ~0.4 s: only when a request is signed
+    from tools.runtime.sdk import keys  # ~0.4 s: only when a request is signed
 
     nonce = str(int(time.time()))
     headers = {HOTKEY_HEADER: account.hotkey_ss58, NONCE_HEADER: nonce}
@@ -180,8 +180,8 @@ def signed_headers(account: Account, payload: bytes | None = None, purpose: str 
         headers[USER_ID_HEADER] = account.user_id
     message = signing_message(account.hotkey_ss58, nonce, payload, purpose)
     try:
-        keypair = Keypair.create_from_seed(seed_hex=account._seed)
-    except Exception:  # a malformed seed: say so without echoing it
+        keypair = keys.from_seed(account._seed)
+    except ValueError:  # a malformed seed: say so without echoing it
         raise WrapperError(f"the hotkey_seed in {config_path()} is not a 32-byte hex seed", NO_ACCOUNT_HINT) from None
     headers[SIGNATURE_HEADER] = keypair.sign(message.encode()).hex()
     return headers

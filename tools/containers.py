@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
-from tools.constants import ENV_KEY_RE, is_port
-from tools.errors import EngineError, WrapperError
+from tools.runtime.constants import ENV_KEY_RE, SECRET_KEY_RE, is_port
+from tools.runtime.errors import EngineError, WrapperError
 
 ENGINE_ENV = "CHUTES_CONTAINER_ENGINE"
 LABEL = "chutes-wrappers"
@@ -31,7 +31,6 @@ LABEL_CHUTE = "chutes-wrappers.chute"
 LABEL_OWNER = "chutes-wrappers.owner"
 ENV_DIR_PREFIX = "chutes-wrappers-env-"
 CONTAINER_NAME_RE = re.compile(r"[^a-zA-Z0-9_.-]")
-SECRET_KEY_RE = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|PASSWD|PASS$|AUTH|CREDENTIAL|PRIVATE", re.I)
 CDI_DIRS = ("/etc/cdi", "/var/run/cdi")
 
 
@@ -266,19 +265,6 @@ def _words(value) -> tuple[str, ...]:
 def secret_values(env: Mapping[str, str]) -> list[str]:
     """Values to hide in echoed logs: those of keys that look like credentials."""
     return [value for key, value in env.items() if SECRET_KEY_RE.search(key) and len(value) >= 4]
-
-
-def is_chutes_secret(name: str) -> bool:
-    """A Chutes credential by its name: CHUTES_API_KEY, a hotkey seed, anything CHUTES_* that
-    SECRET_KEY_RE calls secret (the local platform's shared key too)."""
-    upper = name.upper()
-    return upper.startswith("CHUTES_") and bool(SECRET_KEY_RE.search(upper) or "SEED" in upper or "JWT" in upper)
-
-
-def without_chutes_secrets(env: Mapping[str, str]) -> dict[str, str]:
-    """`env` without Chutes credentials, for the wrapped service (not ours, it has no use for them)
-    and for `chutes run` on this machine (the tools that call the API read them in their own process)."""
-    return {key: value for key, value in env.items() if not is_chutes_secret(key)}
 
 
 def write_env_file(env: Mapping[str, str]) -> Path:

@@ -11,8 +11,9 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
 
-from tools import sdk
-from tools.routes import BODY_METHODS, RAW_BASE64_KEY, Route, extension_for
+from tools.runtime.sdk.chute import cord_views
+from tools.runtime.cords.request import kind_of
+from tools.runtime.routes import BODY_METHODS, Route, extension_for
 
 # How callers reach a deployed chute: https://{username}-{chute name}.chutes.ai/{path} with an API key.
 CHUTES_URL = "https://{slug}.chutes.ai"
@@ -36,7 +37,7 @@ class Cord:
 def cords_of(chute: Any) -> list[Cord]:
     """The chute's cords as deploy.sh shows them (our plans say what each of ours forwards to)."""
     cords = []
-    for view in sdk.cord_views(chute):
+    for view in cord_views(chute):
         item = view.plan
         if item is None:
             cords.append(Cord(view.method, view.public_path, "module code", view.stream))
@@ -51,18 +52,11 @@ def cords_of(chute: Any) -> list[Cord]:
             route = item.route
             cords.append(Cord(
                 view.method, view.public_path, f":{item.port}{route.upstream_path}", view.stream,
-                example=route.example, file_fields=_file_fields(route),
+                example=route.example, file_fields=kind_of(route).caller_files(route),
                 binary_type=route.content_type if route.response_kind == "binary" else None,
                 route=route, mode=item.kind,
             ))
     return cords
-
-
-def _file_fields(route: Route) -> tuple[str, ...]:
-    """Fields a caller sends as `<name>_base64`: the form's files, or `body` for a raw body."""
-    if route.request_kind == "raw":
-        return (RAW_BASE64_KEY.removesuffix("_base64"),)
-    return route.file_fields
 
 
 def _catch_all_example(labels: list[str]) -> dict:

@@ -24,9 +24,9 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Iterator
 
-from tools.constants import PORT_MAX, PORT_MIN, SKIP_REGISTRATION_ENV, is_port
-from tools.errors import ManifestError, WrapperError, run_cli
-from tools.routes import manifest_path
+from tools.runtime.constants import PORT_MAX, PORT_MIN, SKIP_REGISTRATION_ENV, is_port
+from tools.runtime.errors import ManifestError, WrapperError, run_cli
+from tools.runtime.routes import manifest_path
 
 ROOT = Path(__file__).resolve().parent.parent
 # What `chutes run MODULE:chute` accepts as a module name (chutes.entrypoint._shared.CHUTE_REF_RE).
@@ -227,7 +227,7 @@ class DeployModule:
 
     @property
     def static_routes(self) -> list:
-        from tools.routes import coerce_routes
+        from tools.runtime.routes import coerce_routes
 
         value = self.get("CHUTE_STATIC_ROUTES") or []
         if not isinstance(value, (list, tuple)):
@@ -280,7 +280,7 @@ class DeployModule:
 
     def manifest_source(self) -> str:
         """Which manifest the module's load_route_manifest() reads, in words."""
-        from tools.routes import choose_manifest
+        from tools.runtime.routes import choose_manifest
 
         choice = choose_manifest(self.path)
         if choice.kind == "file" and choice.path == self.manifest_path:

@@ -21,15 +21,14 @@ import json
 import os
 import shlex
 import shutil
-import signal
 import socket
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence, TextIO
+from typing import Callable, Sequence, TextIO
 from urllib.parse import urljoin, urlsplit
 
-from tools.constants import ENV_KEY_RE, PORT_MAX, PORT_MIN, is_port, port_argument
+from tools.runtime.constants import ENV_KEY_RE, PORT_MAX, PORT_MIN, is_port, port_argument
 from tools.containers import (
     LABEL,
     LABEL_CHUTE,
@@ -49,16 +48,17 @@ from tools.containers import (
     secret_values,
 )
 from tools import deploy_module
-from tools.errors import Interrupted, NotGradio, ServiceError, WrapperError, run_cli
-from tools.processes import free_port, port_is_free
-from tools.openapi import EAGER_PROBES, PROBE_PATHS, SpecError, convert_document, decode_document
-from tools.routes import (
+from tools.runtime.errors import Interrupted, NotGradio, ServiceError, WrapperError, run_cli
+from tools.processes import Signals
+from tools.runtime.ports import free_port, port_is_free
+from tools.discovery.openapi import EAGER_PROBES, PROBE_PATHS, SpecError, convert_document, decode_document
+from tools.runtime.sdk.rules import cord_path_re
+from tools.runtime.routes import (
     Manifest,
     Route,
     decide_public_path,
     manifest_path,
     merge_routes,
-    sdk_path_re,
     write_manifest,
 )
 
@@ -184,7 +184,7 @@ class Outcome:
     detail: str
     url: str = ""
     doc: dict | None = None
-    gradio: list | None = None  # kind "gradio": the app's functions (tools.gradio_app.GradioFunction)
+    gradio: list | None = None  # kind "gradio": the app's functions (tools.runtime.gradio_spec.GradioFunction)
 
 
 def fetch(url: str, timeout: float, redirects: int = 3) -> tuple[int, str, bytes]:
@@ -451,33 +451,6 @@ class Display:
             self.drawn = 0
 
 
-class SignalGuard:
-    """SIGINT and SIGTERM only set a flag, checked at safe points: starting and removing the
-    container are never cut in half, and every exit path runs the cleanup."""
-
-    def __init__(self) -> None:
-        self.received: int | None = None
-        self._previous: dict[int, Any] = {}
-
-    def __enter__(self) -> "SignalGuard":
-        if threading.current_thread() is threading.main_thread():
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                self._previous[signum] = signal.signal(signum, self._handle)
-        return self
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.received is None:
-            self.received = signum
-
-    def check(self) -> None:
-        if self.received is not None:
-            raise Interrupted(self.received)
-
-    def __exit__(self, *exc: Any) -> None:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
-
-
 def wait_for_specs(
     watches: Sequence[PortWatch],
     bounds: Bounds,
@@ -522,7 +495,7 @@ def wait_for_specs(
 def with_gradio_apps(outcomes: dict[int, Outcome], urls: dict[int, str]) -> dict[int, Outcome]:
     """A port that serves a Gradio app is described by its functions, not by its OpenAPI document
     (which lists only the web UI's own routes): its outcome becomes kind "gradio"."""
-    from tools.gradio_app import discover_app
+    from tools.discovery.gradio import discover_app
 
     out = dict(outcomes)
     for port, outcome in outcomes.items():
@@ -566,7 +539,7 @@ def build_manifest(outcomes: dict[int, Outcome], static: Sequence[Route],
     skipped: list[dict] = []
     for port, outcome in outcomes.items():
         if outcome.kind == "gradio":
-            from tools.gradio_app import routes_for
+            from tools.discovery.gradio import routes_for
 
             routes += routes_for(outcome.gradio, port)
         elif outcome.kind == "spec":
@@ -692,7 +665,7 @@ def discover(config: Config, display: Display | None = None) -> Result:
     # The cord path rule comes from the SDK, whose import takes ~1 s: it runs while the module is read
     # and the container starts, and probing begins once it is done, so a spec is converted the moment
     # it arrives instead of waiting for the import.
-    sdk_ready = threading.Thread(target=sdk_path_re, daemon=True)
+    sdk_ready = threading.Thread(target=cord_path_re, daemon=True)
     sdk_ready.start()
     module = None
     if config.chute_file:
@@ -734,7 +707,7 @@ def _discover_url(
     started = time.monotonic()
     watches = [PortWatch(port, urls[port], config.probe_paths, started, eager_count(config.probe_paths)) for port in ports]
     display.message(f"probing {', '.join(urls.values())} for an OpenAPI document")
-    with SignalGuard() as guard:
+    with Signals() as guard:
         outcomes = wait_for_specs(watches, bounds, config.interval, display, [guard.check], before_probing)
         outcomes = with_gradio_apps(outcomes, urls)
         judge_outcomes(outcomes, config.base_url, static, config.probe_paths)
@@ -772,7 +745,7 @@ def _discover_container(
     )
     container = Container(engine, spec, on_log=display.container_log, redact=secret_values(env))
     display.probe_paths = config.probe_paths
-    with SignalGuard() as guard:
+    with Signals() as guard:
         try:
             display.message(_run_line(engine, spec))
             container.start()

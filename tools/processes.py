@@ -1,17 +1,14 @@
-"""Child processes of the CLIs: started in their own process group, logged, stopped with their children.
-
-One stop rule for every process group we start (host service, chute, node, gateway, and the wrapped
-service inside a chute): SIGTERM, a grace period, then SIGKILL.
+"""Child processes and signals of the CLIs: children start in their own process group, are logged, and
+are stopped with their children by the one stop rule (tools/runtime/process_groups.py); SIGINT and
+SIGTERM are handled the one way `Signals` says.
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
-import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -19,62 +16,10 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterator
+from typing import BinaryIO, Iterator
 
-from tools.errors import ServiceError, WrapperError
-
-KILL_GRACE = 5.0  # seconds after SIGKILL before we stop waiting
-
-
-def stop_group(pid: int, exited_within: Callable[[float], bool], timeout: float = 10.0, *, leader_gone: bool = False) -> None:
-    """SIGTERM the process group `pid`, SIGKILL it if it is still there after `timeout`.
-
-    `exited_within(seconds)` waits for the leader and says whether it exited. When the leader is
-    already gone (`leader_gone`), what is left of its group is killed at once.
-    """
-    steps = [(signal.SIGKILL, KILL_GRACE)] if leader_gone else [(signal.SIGTERM, timeout), (signal.SIGKILL, KILL_GRACE)]
-    for sig, grace in steps:
-        try:
-            os.killpg(pid, sig)
-        except (ProcessLookupError, PermissionError):
-            return
-        if leader_gone or exited_within(grace):
-            return
-
-
-def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
-    """True when nothing listens on host:port (SO_REUSEADDR, as engines bind: TIME_WAIT is not 'taken')."""
-    with socket.socket() as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return False
-    return True
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
-
-
-def port_in_use(port: int) -> bool:
-    with socket.socket() as sock:
-        sock.settimeout(0.2)
-        return sock.connect_ex(("127.0.0.1", port)) == 0
-
-
-def die_with_parent() -> None:
-    """In the child (preexec_fn): get SIGTERM when our process dies without stopping it, even by
-    SIGKILL, so no service or chute outlives the CLI or chute that started it (Linux only)."""
-    try:
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-
+from tools.runtime.errors import Interrupted, ServiceError, WrapperError
+from tools.runtime.process_groups import die_with_parent, stop_group
 
 class Child:
     """A child process in its own process group, its output echoed with a prefix and remembered."""
@@ -163,13 +108,58 @@ def chutes_executable() -> str:
     return found
 
 
+class Signals:
+    """SIGINT and SIGTERM while the block runs, the one way every CLI takes them: they set `stop` (and
+    `received`), which the work checks at safe points (`check()` raises Interrupted), so starting and
+    removing containers and children are never cut in half and every exit path cleans up. With
+    `interrupt=True` they raise KeyboardInterrupt at once instead, as Ctrl-C does (for waits that hold
+    nothing to clean up). The previous handlers come back after; off the main thread nothing changes."""
+
+    def __init__(self, interrupt: bool = False) -> None:
+        self.interrupt = interrupt
+        self.stop = threading.Event()
+        self.received: int | None = None
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self) -> "Signals":
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.received is None:
+            self.received = signum
+        self.stop.set()
+        if self.interrupt:
+            raise KeyboardInterrupt
+
+    def check(self) -> None:
+        if self.received is not None:
+            raise Interrupted(self.received)
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+
 @contextlib.contextmanager
 def stop_on_signals() -> Iterator[threading.Event]:
-    """An event set by SIGINT or SIGTERM while the block runs; the previous handlers come back after."""
-    stop = threading.Event()
-    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    """An event set by SIGINT or SIGTERM while the block runs (`Signals().stop`)."""
+    with Signals() as signals:
+        yield signals.stop
+
+
+@contextlib.contextmanager
+def signals_held() -> Iterator[None]:
+    """SIGINT and SIGTERM ignored through a section that must not be cut in half (removing what a run
+    started), whatever handler is installed; the handlers come back after."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        yield stop
+        yield
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

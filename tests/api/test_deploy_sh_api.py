@@ -347,7 +347,7 @@ def test_link_hotkey_from_a_wallet_hotkey_file(account, tmp_path):
     hotkey_file.parent.mkdir(parents=True)
     hotkey_file.write_text(json.dumps({"secretSeed": "0x" + account.seed, "ss58Address": account.state.hotkey}))
     python = ROOT / ".venv" / "bin" / "python"
-    result = subprocess.run([str(python), "-m", "tools.account", "link", "--hotkey-file", str(hotkey_file)],
+    result = subprocess.run([str(python), "-m", "tools.commands.account", "link", "--hotkey-file", str(hotkey_file)],
                             cwd=ROOT, env=link_env(account, config), capture_output=True, text=True,
                             stdin=subprocess.DEVNULL, timeout=60)
     assert result.returncode == 0, result.stderr

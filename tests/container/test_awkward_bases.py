@@ -31,7 +31,7 @@ from typing import Callable
 import pytest
 
 import engine
-from tools.smoke import sample_wav
+from tools.commands.smoke import sample_wav
 
 SKIP_REASON = engine.skip_reason() or (
     None if shutil.which("apt-get") else "the busybox bases need apt-get to fetch busybox-static"

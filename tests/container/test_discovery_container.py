@@ -271,7 +271,7 @@ def hostile_image(podman, base_image, tmp_path_factory):
 
 
 def new_module(env, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([PYTHON, "-m", "tools.new_module", *args], cwd=ROOT, env=env,
+    return subprocess.run([PYTHON, "-m", "tools.commands.new", *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
 
 

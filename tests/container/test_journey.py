@@ -32,7 +32,7 @@ from typing import Callable
 import pytest
 
 import engine
-from tools.smoke import sample_wav  # 0.25 s, 16 kHz mono
+from tools.commands.smoke import sample_wav  # 0.25 s, 16 kHz mono
 
 SKIP_REASON = engine.skip_reason()
 

@@ -32,7 +32,7 @@ pytestmark = [
 
 DEPLOY_MODULE = """\
 from chutes.chute import Chute
-from tools.wrapper_image import build_wrapper_image
+from tools.runtime.image import build_wrapper_image
 
 image = build_wrapper_image("test", {name!r}, {tag!r}, {base!r}, env={{"CW_TRICKY": {tricky!r}}})
 chute = Chute(username="test", name="cwtest", image=image)

@@ -162,7 +162,7 @@ def chutes_cli() -> str:
 @pytest.fixture(scope="session", params=["dev", "platform"])
 def chute_url(request, gradio_module, gradio_app, tmp_path_factory):
     """Where callers reach the chute: `chutes run --dev` of the module, and the local platform (the
-    node as `chutes run` serves it on a GPU node, the gateway in front: tools/gateway.py)."""
+    node as `chutes run` serves it on a GPU node, the gateway in front: tools/platform/gateway.py)."""
     tmp = tmp_path_factory.mktemp(f"gradio-{request.param}")
     if request.param == "platform":
         from tests.platform.conftest import platform_for

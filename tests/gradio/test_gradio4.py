@@ -14,7 +14,7 @@ import pytest
 from tests.gradio.conftest import Direct
 from tests.gradio.test_gradio_calls import png
 from tools.discover_routes import Config, Display, discover
-from tools.gradio_app import call_function
+from tools.runtime.cords.gradio import call_function
 
 pytestmark = pytest.mark.integration
 

@@ -175,8 +175,8 @@ async def test_an_app_that_is_not_answering_is_a_503(gradio_module):
     import aiohttp
 
     from tests.conftest import free_port
-    from tools.routes import read_manifest_file
-    from tools.gradio_app import call_function
+    from tools.runtime.routes import read_manifest_file
+    from tools.runtime.cords.gradio import call_function
 
     greet = next(r.gradio for r in read_manifest_file(gradio_module / "deploy_gradioapp.routes.json").routes
                  if r.path == "/greet")
@@ -200,8 +200,8 @@ async def test_on_a_node_answers_are_the_envelopes_the_gateway_decodes(gradio_mo
     Response envelope with its media type, a generator's items as one encrypted UTF-8 text per line."""
     import aiohttp
 
-    from tools.gradio_app import call_function
-    from tools.routes import read_manifest_file
+    from tools.runtime.cords.gradio import call_function
+    from tools.runtime.routes import read_manifest_file
 
     fns = {r.path: r.gradio for r in read_manifest_file(gradio_module / "deploy_gradioapp.routes.json").routes}
     async with aiohttp.ClientSession() as session:

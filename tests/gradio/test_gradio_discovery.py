@@ -8,7 +8,7 @@ import json
 import pytest
 
 from tools.discover_routes import Config, Display, discover
-from tools.routes import parse_manifest, read_manifest_file
+from tools.runtime.routes import parse_manifest, read_manifest_file
 
 pytestmark = pytest.mark.integration
 

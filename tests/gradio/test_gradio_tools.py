@@ -12,8 +12,8 @@ import pytest
 import requests
 
 from tests.conftest import PYTHON, ROOT, free_port
-from tools.openapi import convert_document
-from tools.routes import Manifest, write_manifest
+from tools.discovery.openapi import convert_document
+from tools.runtime.routes import Manifest, write_manifest
 
 pytestmark = pytest.mark.integration
 
@@ -38,7 +38,7 @@ def run_tool(module: str, args: list[str], env: dict | None = None) -> subproces
 
 
 def test_smoke_calls_every_function_with_examples_from_the_info(gradio_module, gradio_app):
-    done = run_tool("tools.smoke", [str(gradio_module / "deploy_gradioapp.py"), "--no-service",
+    done = run_tool("tools.commands.smoke", [str(gradio_module / "deploy_gradioapp.py"), "--no-service",
                                     "--port", str(free_port()), "--logging-port", str(free_port())],
                     {"CHUTE_PORTS": str(gradio_app.port)})
     rows = {line.split()[1]: line for line in done.stdout.splitlines() if line.startswith("POST ")}
@@ -57,7 +57,7 @@ def test_validate_warns_when_a_gradio_app_exposes_no_function(gradio_app, tmp_pa
     conversion = convert_document(doc, 7860, "openapi.json")
     write_manifest(Manifest(conversion.routes, conversion.skipped), tmp_path / "deploy_uionly.routes.json")
     (tmp_path / "deploy_uionly.py").write_text(VALIDATE_MODULE)
-    done = run_tool("tools.validate", [str(tmp_path / "deploy_uionly.py")], {"PYTHONPATH": str(ROOT)})
+    done = run_tool("tools.commands.validate", [str(tmp_path / "deploy_uionly.py")], {"PYTHONPATH": str(ROOT)})
     assert "warning:" in done.stdout and "Gradio app" in done.stdout, done.stdout + done.stderr
     assert "--discover deploy_uionly" in done.stdout
 
@@ -65,6 +65,6 @@ def test_validate_warns_when_a_gradio_app_exposes_no_function(gradio_app, tmp_pa
 def test_validate_is_quiet_for_a_module_exposing_the_functions(gradio_module, tmp_path):
     (tmp_path / "deploy_fns.py").write_text(VALIDATE_MODULE)
     (tmp_path / "deploy_fns.routes.json").write_text((gradio_module / "deploy_gradioapp.routes.json").read_text())
-    done = run_tool("tools.validate", [str(tmp_path / "deploy_fns.py")], {"PYTHONPATH": str(ROOT)})
+    done = run_tool("tools.commands.validate", [str(tmp_path / "deploy_fns.py")], {"PYTHONPATH": str(ROOT)})
     assert done.returncode == 0, done.stdout + done.stderr
     assert "warning:" not in done.stdout and "POST   /invert" in done.stdout

@@ -11,7 +11,7 @@ What the caller must get:
      300 headers): 502 JSON whose detail names the call (`GET /path`);
   4. a stream the service breaks off: the HTTP response does not end cleanly (no final chunk, or
      fewer bytes than its Content-Length, or a reset); on an SSE answer the last thing sent is
-     tools.proxy.SSE_ERROR_EVENT;
+     tools.runtime.cords.request.SSE_ERROR_EVENT;
   5. headers on time but a body slower than the route's timeout: 504 JSON "within <timeout>s".
 """
 
@@ -31,14 +31,14 @@ import pytest
 
 from tests.conftest import free_port, stop_process
 from tests.support import bad_upstream
-from tools.proxy import SSE_ERROR_EVENT
+from tools.runtime.cords.answer import SSE_ERROR_EVENT
 
 pytestmark = pytest.mark.integration
 
 ROUTE_TIMEOUT = 1  # seconds, the override of GET /slow-body
 
 # The SSE error event a proxy cord sends before ending a broken-off event stream abnormally, as
-# tools/proxy.py defines it: event: error\ndata: {"detail": "<what happened>"}\n\n
+# tools/runtime/cords/answer.py defines it: event: error\ndata: {"detail": "<what happened>"}\n\n
 SSE_ERROR_PREFIX, SSE_ERROR_SUFFIX = (part.encode() for part in SSE_ERROR_EVENT.split("{}"))
 
 MODULE = textwrap.dedent(
@@ -63,7 +63,7 @@ MODULE = textwrap.dedent(
         {"path": "/raw", "method": "POST", "target_path": "/json",
          "request": {"kind": "raw", "content_type": "application/octet-stream"}},
     ]
-    # every route is a proxy cord (tools/proxy.py), the answer path under test
+    # every route is a proxy cord (tools/runtime/cords/), the answer path under test
     CHUTE_ROUTE_OVERRIDES = {"GET /slow-body": {"timeout": %d}}
 
     chute = Chute(username="test", name="faults", image="unused")
@@ -162,11 +162,11 @@ def dechunk(data: bytes) -> tuple[bytes, bool]:
 def run_chute():
     """Start a deploy module's chute in front of a running service; returns its base URL. The SDK's
     dev mode, started by the library as `deploy.sh --run --dev --no-service` does
-    (tools.local_stack.start_stack), like tests/integration/test_proxy_cords.py; the platform's call path
+    (tools.platform.stack.start_stack), like tests/integration/test_proxy_cords.py; the platform's call path
     (node and gateway) replaces this one fixture."""
     import threading
 
-    from tools.local_stack import RunConfig, start_stack
+    from tools.platform.stack import RunConfig, start_stack
 
     stacks = contextlib.ExitStack()
     saved = dict(os.environ)

@@ -50,13 +50,13 @@ MODULE = textwrap.dedent(
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
     """(chute base URL, demo base URL): the demo service, and a test module's chute in the SDK's dev
-    mode started by the library as `deploy.sh --run --dev --no-service` does (tools.local_stack.start_stack).
+    mode started by the library as `deploy.sh --run --dev --no-service` does (tools.platform.stack.start_stack).
     The same cords on the platform's call path: tests/platform."""
     import subprocess
     import threading
 
     from tests.conftest import stop_process
-    from tools.local_stack import RunConfig, start_stack
+    from tools.platform.stack import RunConfig, start_stack
 
     tmp = tmp_path_factory.mktemp("proxy")
     (tmp / "deploy_proxytest.py").write_text(MODULE)

@@ -68,7 +68,7 @@ def test_run_passes_no_chutes_secret_to_the_service_or_the_chute(run_dev, tmp_pa
 
 
 def test_the_secret_name_rule():
-    from tools.containers import is_chutes_secret, without_chutes_secrets
+    from tools.runtime.constants import is_chutes_secret, without_chutes_secrets
 
     for name in ("CHUTES_API_KEY", "CHUTES_HOTKEY_SEED", "chutes_api_token", "CHUTES_LAUNCH_JWT", "CHUTES_PASSWORD",
                  "CHUTES_LOCAL_PLATFORM_KEY"):
@@ -80,8 +80,8 @@ def test_the_secret_name_rule():
 
 
 def test_a_service_the_chute_starts_gets_no_chutes_secret(monkeypatch):
-    """In the image the chute starts the service (tools.launcher): the node's credentials stay with it."""
-    from tools.launcher import service_environment
+    """In the image the chute starts the service (tools.runtime.launcher): the node's credentials stay with it."""
+    from tools.runtime.launcher import service_environment
 
     monkeypatch.setenv("CHUTES_API_KEY", "cpk_test_secret_value_1234")
     monkeypatch.setenv("CHUTES_LOCAL_PLATFORM_KEY", "ab" * 32)

@@ -1,5 +1,5 @@
 """The local platform in tests: the demo service, a deploy module's chute on the node runner
-(tools/sdk/node.py), and the gateway (tools/gateway.py) in front, all real processes on loopback."""
+(tools/runtime/sdk/node.py), and the gateway (tools/platform/gateway.py) in front, all real processes on loopback."""
 
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ from typing import Any, Iterator
 import pytest
 
 from tests.conftest import PYTHON, ROOT, free_port, stop_process, wait_for_port
-from tools.errors import ServiceError
-from tools.gateway import Platform, start_platform
-from tools.sdk.node import GATEWAY_SOURCE_ADDRESS, PlatformKey
+from tools.runtime.errors import ServiceError
+from tools.platform.stack import Platform, start_platform
+from tools.runtime.sdk.node import GATEWAY_SOURCE_ADDRESS, PlatformKey
 
 
 @contextlib.contextmanager

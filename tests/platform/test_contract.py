@@ -185,7 +185,7 @@ def test_stream_lines_carry_whole_utf8_text(stack, no_failure):
 
 def test_binary_stream_reaches_the_caller_intact(stack, no_failure):
     """The gateway decodes every stream line as UTF-8, so a binary stream travels as base64 text
-    (tools/proxy.py `_lines`: pieces cut at multiples of 3 bytes, so the whole answer decodes at once)."""
+    (tools/runtime/sdk/call.py `_lines`: pieces cut at multiples of 3 bytes, so the whole answer decodes at once)."""
     platform, service = stack
     path = "/v1/stream/bytes?size=5000&chunk=999"
     direct, through = get(service + path), get(platform.url + path)

@@ -8,8 +8,9 @@ import pytest
 import requests
 
 from tests.platform.conftest import decrypt_envelope, node_call, signed_call
-from tools.gateway import NO_TARGETS, ChuteRecord, cord_records
-from tools.sdk.node import PlatformKey
+from tools.platform.gateway import NO_TARGETS, ChuteRecord
+from tools.runtime.sdk.chute import cord_records
+from tools.runtime.sdk.node import PlatformKey
 
 pytestmark = pytest.mark.integration
 
@@ -167,13 +168,13 @@ def test_a_chute_whose_service_dies_at_startup_stops_the_node_with_the_reason(tm
     """Patch point 5: the SDK would sleep 60 s before exiting; the node exits 1 with one line."""
     from tests.conftest import free_port
     from tests.platform.conftest import copy_module
-    from tools.errors import ServiceError
-    from tools.gateway import start_platform
+    from tools.runtime.errors import ServiceError
+    from tools.platform.stack import start_platform
 
     source = (
         "import os\n"
         "from chutes.chute import Chute\n"
-        "from tools.launcher import attach_service\n"
+        "from tools.runtime.launcher import attach_service\n"
         "chute = Chute(username='test', name='diestest', image='unused')\n"
         "attach_service(chute, ['python3', '-c', 'raise SystemExit(3)'], [int(os.environ['DEAD_PORT'])], timeout=60)\n"
     )
@@ -196,7 +197,7 @@ def test_busy_instance_is_rate_limiting_not_an_instance_failure(tmp_path, monkey
     import time
 
     from tests.platform.conftest import copy_module, demo_service, platform_for
-    from tools.gateway import OVERLOAD, load_record
+    from tools.platform.gateway import OVERLOAD, load_record
 
     source = (
         "import os\n"
@@ -233,7 +234,7 @@ def test_busy_instance_is_rate_limiting_not_an_instance_failure(tmp_path, monkey
 BUILD_APP_SCRIPT = """
 import asyncio, http.client, json, socket
 import uvicorn
-from tools.sdk.node import PlatformKey, build_app
+from tools.runtime.sdk.node import PlatformKey, build_app
 
 def call(port, path, body, headers):
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30, source_address=("127.0.0.2", 0))
@@ -292,8 +293,8 @@ def test_an_upstream_header_naming_an_unset_variable_stops_the_chute_at_start_wi
     import os
 
     from tests.platform.conftest import copy_module, demo_service
-    from tools.errors import ServiceError
-    from tools.gateway import start_platform
+    from tools.runtime.errors import ServiceError
+    from tools.platform.stack import start_platform
 
     source = (
         "import os\n"

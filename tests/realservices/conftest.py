@@ -7,7 +7,7 @@ the Python version, built once (under a lock, then renamed into place) and reuse
 How long the first install took is kept beside it (`install-seconds`) and printed in the summary.
 
 How the chute is called is one fixture, `chute_runner`, run once per entry of RUNNERS: the platform's
-path (the chute on a node behind the local gateway, tools/gateway.py) and the SDK's dev server
+path (the chute on a node behind the local gateway, tools/platform/gateway.py) and the SDK's dev server
 (`chutes run --dev`). Every differential test runs on each.
 """
 
@@ -31,7 +31,7 @@ import pytest
 import requests
 
 from tests.conftest import PYTHON, ROOT, free_port, stop_process, wait_for_port
-from tools.constants import SERVICE_EXTERNAL_ENV
+from tools.runtime.constants import SERVICE_EXTERNAL_ENV
 
 HERE = Path(__file__).resolve().parent
 REQUIREMENTS = HERE / "requirements.txt"
@@ -226,8 +226,8 @@ def chute_env(extra: dict[str, str] | None = None) -> dict[str, str]:
 
 
 def start_gateway_chute(module: Path, stack: contextlib.ExitStack, env: dict[str, str] | None = None) -> ChuteRunner:
-    """The chute on a node behind the local gateway (tools/gateway.py), as callers reach it on Chutes."""
-    from tools.gateway import start_platform
+    """The chute on a node behind the local gateway (tools/platform/gateway.py), as callers reach it on Chutes."""
+    from tools.platform.stack import start_platform
 
     log_path = module.with_suffix(".platform.log")
     log = stack.enter_context(open(log_path, "wb"))
@@ -306,13 +306,13 @@ def assert_same_answer(direct: requests.Response, through: requests.Response,
 
 
 def assert_error_passed_on(direct: requests.Response, through: requests.Response) -> None:
-    """The service's error as the chute must pass it on (tools/proxy.py, "Upstream answer -> caller"):
+    """The service's error as the chute must pass it on (tools/runtime/cords/answer.py):
     the status class kept (the gateway lets only 400 and 429 through as the caller's), JSON holding
     the service's own JSON object unchanged at the top (an OpenAI client still finds "error"), and
     the service's status and body text as `upstream_status` and `upstream_body` (README, the error
     table with its "On Chutes" column).
 
-    Through the gateway (tools/gateway.py, after chutes-api `_invoke_one`/`invoke`) the caller gets
+    Through the gateway (tools/platform/gateway.py, after chutes-api `_invoke_one`/`invoke`) the caller gets
     the chute's 400 as 400 `{"detail": "Invalid request: Invalid request: <the chute's body>"}`, and
     for 429 and 5xx only the gateway's own body: the chute's answer is checked inside that detail,
     and only the status class otherwise."""

@@ -10,10 +10,10 @@ import json
 import pytest
 
 from tests.realservices.conftest import assert_same_answer, discover, media, write_module
-from tools.routes import read_manifest_file
+from tools.runtime.routes import read_manifest_file
 from tools import deploy_module
 from tools.cord_table import cords_of
-from tools.smoke import Limits, plan, run_calls, summary_line, table
+from tools.commands.smoke import Limits, calls_for, run_calls, summary_line, table
 
 pytestmark = pytest.mark.realservices
 
@@ -59,7 +59,7 @@ def test_discovery_finds_flasggers_spec_json_and_reads_type_int(wrapped):
 def test_smoke_finishes_with_every_outcome_counted(wrapped):
     _, module, runner = wrapped
     loaded = deploy_module.load(module, keep=False)
-    calls = plan(runner.base_url, cords_of(loaded.chute), loaded.get("CHUTE_ROUTE_OVERRIDES"))
+    calls = calls_for(runner.base_url, cords_of(loaded.chute), loaded.get("CHUTE_ROUTE_OVERRIDES"))
     results = asyncio.run(run_calls(calls, Limits(call_timeout=20)))
     print(table(results))
     print(summary_line(results))

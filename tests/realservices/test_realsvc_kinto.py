@@ -10,10 +10,10 @@ import shutil
 import pytest
 
 from tests.realservices.conftest import HERE, assert_same_answer, discover, write_module
-from tools.routes import read_manifest_file
+from tools.runtime.routes import read_manifest_file
 from tools import deploy_module
 from tools.cord_table import cords_of
-from tools.smoke import Limits, plan, run_calls, summary_line, table
+from tools.commands.smoke import Limits, calls_for, run_calls, summary_line, table
 
 pytestmark = pytest.mark.realservices
 
@@ -60,7 +60,7 @@ def test_a_spec_nobody_probes_is_found_with_probe_path_which_the_error_names(dis
 def test_smoke_reaches_every_route_template(wrapped):
     module, runner = wrapped
     loaded = deploy_module.load(module, keep=False)
-    calls = plan(runner.base_url, cords_of(loaded.chute), loaded.get("CHUTE_ROUTE_OVERRIDES"))
+    calls = calls_for(runner.base_url, cords_of(loaded.chute), loaded.get("CHUTE_ROUTE_OVERRIDES"))
     results = asyncio.run(run_calls(calls, Limits(call_timeout=20)))
     print(table(results))
     by_label = {(r.call.method, r.call.label): r for r in results}

@@ -10,10 +10,10 @@ import json
 import pytest
 
 from tests.realservices.conftest import assert_same_answer, discover, media, write_module
-from tools.routes import read_manifest_file
+from tools.runtime.routes import read_manifest_file
 from tools import deploy_module
 from tools.cord_table import cords_of
-from tools.smoke import Limits, plan, run_calls, summary_line, table
+from tools.commands.smoke import Limits, calls_for, run_calls, summary_line, table
 
 pytestmark = pytest.mark.realservices
 
@@ -67,7 +67,7 @@ def test_discovery_reads_bodies_no_spec_declares(wrapped):
 def test_smoke_passes_every_cord(wrapped):
     _, module, runner = wrapped
     loaded = deploy_module.load(module, keep=False)
-    calls = plan(runner.base_url, cords_of(loaded.chute), loaded.get("CHUTE_ROUTE_OVERRIDES"))
+    calls = calls_for(runner.base_url, cords_of(loaded.chute), loaded.get("CHUTE_ROUTE_OVERRIDES"))
     results = asyncio.run(run_calls(calls, Limits(call_timeout=20)))
     print(table(results))
     by_label = {r.call.label: r for r in results}
@@ -164,7 +164,7 @@ def test_models_and_embeddings(llm, wrapped):
 
 def test_gemini_route_with_a_parameter_inside_a_segment_through_the_catch_all(llm, wrapped):
     """`/v1beta/models/{model_id}:generateContent`: the parameter is part of a segment. Fails until
-    the catch-all's templates match parameters inside a segment (tools/proxy.py Template.of)."""
+    the catch-all's templates match parameters inside a segment (tools/runtime/cords/catch_all.py Template.of)."""
     runner = wrapped[2]
     body = {"contents": [{"role": "user", "parts": [{"text": "hello gemini"}]}]}
     path = "/v1beta/models/gemini-pro:generateContent"

@@ -66,7 +66,7 @@ VALUE_ACTIONS = [row[1] for row in ROWS if row[2] and not row[2].startswith("[")
 # --- static ------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("script", ["deploy.sh", "setup.sh", "tools/image_setup.sh"])
+@pytest.mark.parametrize("script", ["deploy.sh", "setup.sh", "tools/runtime/image_setup.sh"])
 def test_scripts_are_shellcheck_clean(script):
     if not shutil.which("shellcheck"):
         pytest.skip("shellcheck is not installed (apt-get install shellcheck)")

@@ -84,7 +84,7 @@ def test_each_tool_rejects_a_port_outside_the_range_with_exit_2(tool, args, mess
 def test_port_argument_is_one_shared_argparse_type():
     import argparse
 
-    from tools.constants import port_argument
+    from tools.runtime.constants import port_argument
 
     assert port_argument("1") == 1 and port_argument("65535") == 65535
     for bad in ("0", "65536", "-1", "8000.0", "", "1e3"):

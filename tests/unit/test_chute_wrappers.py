@@ -9,11 +9,12 @@ import textwrap
 
 import pytest
 from chutes.chute import Chute
-from chutes.chute.cord import PATH_RE
 
 from tools import chute_wrappers as cw
-from tools.errors import ManifestError, ServiceError, WrapperError
-from tools.routes import Route
+from tools.runtime.errors import ManifestError, ServiceError, WrapperError
+from tools.runtime.routes import Route
+from tools.runtime.sdk.chute import cord_views, startup_hooks
+from tools.runtime.sdk.rules import imported_cord_path_re
 
 
 def make_chute() -> Chute:
@@ -21,10 +22,7 @@ def make_chute() -> Chute:
 
 
 def cord_table(chute: Chute) -> list[tuple[str, str, str, int | None]]:
-    return [
-        (c._public_api_method, c.public_api_path, c.passthrough_path, c._passthrough_port)
-        for c in chute.cords
-    ]
+    return [(v.method, v.public_path, v.passthrough_path, v.passthrough_port) for v in cord_views(chute)]
 
 
 # --- registration ---------------------------------------------------------------------------------
@@ -56,11 +54,13 @@ def test_fifty_awkward_routes_register_without_sdk_exceptions():
     report = cw.register_passthrough_routes(chute, fifty_routes(), 8020)
     assert len(report.registered) + len(report.skipped) == 50
     # every cord the SDK holds is valid by the SDK's own rule, with unique internal paths and names
-    paths = [c.path for c in chute.cords]
+    views = cord_views(chute)
+    paths = [v.internal_path for v in views]
     assert len(paths) == len(set(paths))
-    assert all(PATH_RE.match(p) and PATH_RE.match(c.public_api_path) for p, c in zip(paths, chute.cords))
-    assert all(c._func.__name__.isidentifier() for c in chute.cords)
-    public_keys = [(c.public_api_path, c._public_api_method) for c in chute.cords]
+    path_re = imported_cord_path_re()  # the SDK's own rule
+    assert all(path_re.match(v.internal_path) and path_re.match(v.public_path) for v in views)
+    assert all(v.function_name.isidentifier() for v in views)
+    public_keys = [(v.public_path, v.method) for v in views]
     assert len(public_keys) == len(set(public_keys))
     # every skip says why
     reasons = {(r.method, r.path): reason for r, reason in report.skipped}
@@ -105,7 +105,7 @@ def test_module_cord_defined_first_wins_over_discovered_route():
     report = cw.register_passthrough_routes(chute, [{"path": "/health", "method": "GET", "port": 8020}], 8020)
     assert report.registered == []
     assert "own cord" in report.skipped[0][1]
-    assert [c._func.__name__ for c in chute.cords] == ["wrapper_health"]
+    assert [v.function_name for v in cord_views(chute)] == ["wrapper_health"]
 
 
 async def test_module_cord_defined_after_registration_is_left_to_the_module(monkeypatch):
@@ -119,11 +119,11 @@ async def test_module_cord_defined_after_registration_is_left_to_the_module(monk
     async def health_check(self) -> dict:
         return {"ok": True}
 
-    for _, hook in sorted(chute._startup_hooks, key=lambda item: item[0]):
+    for hook in startup_hooks(chute):
         result = hook()
         if asyncio.iscoroutine(result):
             await result
-    assert sorted(c._func.__name__ for c in chute.cords) == ["health_check", "wrap_post_run"]
+    assert sorted(v.function_name for v in cord_views(chute)) == ["health_check", "wrap_post_run"]
 
 
 def test_function_name_collisions_get_suffixes_and_given_names_are_used():
@@ -151,13 +151,14 @@ def test_every_route_is_one_proxy_cord_flagged_passthrough_for_the_gateway():
         ],
         8020,
     )
-    assert {item.route.path: item.mode for item in report.registered} == dict.fromkeys(
+    assert {item.route.path: item.kind for item in report.registered} == dict.fromkeys(
         ["/inference", "/tts_to_audio/", "/v1/models", "/v1/echo", "/v1/stream"], "proxy")
+    views = cord_views(chute)
     # the passthrough flag is what makes the gateway send the caller's query string ({"json", "params"})
-    assert all(c._passthrough for c in chute.cords)
+    assert all(v.passthrough for v in views)
     # every handler is ours, not the SDK's bound method
-    assert all(getattr(c._request_handler, "__self__", None) is not c for c in chute.cords)
-    assert [c._stream for c in chute.cords] == [False, False, False, False, True]
+    assert all(getattr(v.handler, "__self__", None) is None for v in views)
+    assert [v.stream for v in views] == [False, False, False, False, True]
 
 
 def test_overrides_set_timeouts_and_legacy_modes_only_warn(caplog_loguru):
@@ -190,7 +191,7 @@ def test_catch_all_collects_path_parameter_templates():
     )
     assert report.catch_all == ("/proxy", ["GET /v1/models/{model_id}", "POST /v1/echo"])
     assert "reachable through /proxy" in report.skipped[0][1]
-    assert ("POST", "/proxy") in [(c._public_api_method, c.public_api_path) for c in chute.cords]
+    assert ("POST", "/proxy") in [(v.method, v.public_path) for v in cord_views(chute)]
     with pytest.raises(WrapperError, match="catch-all path"):
         cw.register_passthrough_routes(make_chute(), [Route("/v1/echo")], 8020, catch_all="/Bad/{x}")
 
@@ -215,9 +216,9 @@ def test_example_module_imports_during_discovery(monkeypatch):
 
 
 def test_sdk_path_rule_is_read_without_importing_the_sdk_and_equals_it():
-    from tools.routes import sdk_path_re
+    from tools.runtime.sdk.rules import cord_path_re, imported_cord_path_re
 
-    assert sdk_path_re().pattern == PATH_RE.pattern
+    assert cord_path_re().pattern == imported_cord_path_re().pattern
 
 
 def test_summary_lists_registered_and_skipped_with_reasons():

@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 from substrateinterface import Keypair
 
-from tools import account, chutes_api
+from tools import chutes_api
+from tools.commands import account
 from tools.chutes_cli import Outcome, answer_for
-from tools.errors import WrapperError
+from tools.runtime.errors import WrapperError
 
 LOG = "2025-01-01 00:00:00.000 | {level:<8} | chutes.crud:_delete_object:180 - {message}"
 
@@ -170,7 +171,7 @@ def test_seed_from_a_hotkey_file(tmp_path):
 
 
 def test_run_docker_reports_a_failed_chute_startup_without_the_traceback():
-    from tools.run_docker import startup_error
+    from tools.commands.run_docker import startup_error
 
     lines = [
         "2026-11-30 | INFO | starting service",

@@ -1,4 +1,4 @@
-"""tools.gradio_app without a Gradio app: documents of Gradio 4.x and 5+, the caller's arguments."""
+"""Gradio discovery and calls without a Gradio app: documents of Gradio 4.x and 5+, the caller's arguments."""
 
 from __future__ import annotations
 
@@ -6,9 +6,11 @@ import base64
 
 import pytest
 
-from tools.gradio_app import GradioFunction, Parameter, cord_path, gradio_hint, parse_app, prepare, routes_for
-from tools.proxy import BadRequest
-from tools.routes import Route, parse_manifest
+from tools.discovery.gradio import cord_path, gradio_hint, parse_app, routes_for
+from tools.runtime.cords.gradio import prepare
+from tools.runtime.gradio_spec import GradioFunction, Parameter
+from tools.runtime.errors import BadRequest
+from tools.runtime.routes import Route, parse_manifest
 
 FILE_SCHEMA = {"properties": {"path": {"type": "string"}, "url": {}, "meta": {}}, "title": "FileData", "type": "object"}
 
@@ -57,7 +59,7 @@ def test_manifest_entry_round_trips_and_bad_entries_name_the_route():
     assert again.gradio == fn and again.request_kind == "gradio"
     entry = route.to_json()
     entry["gradio"] = {"parameters": []}
-    from tools.errors import ManifestError
+    from tools.runtime.errors import ManifestError
 
     with pytest.raises(ManifestError, match=r"m.json: route 0: gradio.api_name"):
         parse_manifest({"version": 2, "routes": [entry]}, "m.json")

@@ -7,8 +7,8 @@ import sys
 import pytest
 
 from tests.conftest import free_port
-from tools.errors import ServiceError, WrapperError
-from tools.launcher import ServiceLauncher, read_base_env, service_environment, split_command
+from tools.runtime.errors import ServiceError, WrapperError
+from tools.runtime.launcher import ServiceLauncher, read_base_env, service_environment, split_command
 
 
 def test_entrypoint_string_is_split_like_a_shell():
@@ -112,7 +112,7 @@ def test_sigterm_is_turned_into_ctrl_c_only_when_nothing_handles_it():
 
     script = (
         "import asyncio, os, signal, sys\n"
-        "from tools.launcher import _sigterm_like_sigint\n"
+        "from tools.runtime.launcher import _sigterm_like_sigint\n"
         "if sys.argv[1] == 'own': signal.signal(signal.SIGTERM, lambda *a: print('own handler', flush=True))\n"
         "async def main():\n"
         "    _sigterm_like_sigint()\n"

@@ -56,7 +56,7 @@ def test_the_import_graph_of_tools_has_no_circle():
             visit(name)
 
 
-# What only tools/sdk/ may touch: the SDK's private attributes and runtime wiring.
+# What only tools/runtime/sdk/ may touch: the SDK's private attributes and runtime wiring.
 SDK_INTERNALS = re.compile(
     r"\bcord\._|\._request_handler\b|\._passthrough|\._public_api_method\b|\._directives\b|\._stream\b"
     r"|\._func\b|\._username\b|router\.on_shutdown|request\.state\.|from chutes\.entrypoint|import chutes\.entrypoint"
@@ -66,7 +66,7 @@ SDK_INTERNALS = re.compile(
 def test_only_the_sdk_adapter_touches_the_sdks_internals():
     offenders = []
     for name, path in modules().items():
-        if name.startswith("tools.sdk"):
+        if name.startswith("tools.runtime.sdk"):
             continue
         for number, line in enumerate(path.read_text().splitlines(), 1):
             if SDK_INTERNALS.search(line) and not line.lstrip().startswith("#"):
@@ -83,4 +83,4 @@ def test_every_exception_class_is_defined_in_tools_errors():
                 for base in node.bases
             ):
                 defined.append(f"{name}.{node.name}")
-    assert all(item.startswith("tools.errors.") for item in defined), defined
+    assert all(item.startswith("tools.runtime.errors.") for item in defined), defined

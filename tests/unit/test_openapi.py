@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tools.openapi import SpecError, convert_document, decode_document, example_of, Resolver
-from tools.routes import is_valid_cord_path, parse_manifest, Manifest
+from tools.discovery.openapi import SpecError, convert_document, decode_document, example_of, Resolver
+from tools.runtime.routes import is_valid_cord_path, parse_manifest, Manifest
 
 ROOT = Path(__file__).resolve().parents[2]
 

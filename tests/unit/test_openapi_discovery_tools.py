@@ -27,8 +27,8 @@ from tools.discover_routes import (
     url_for_port,
     Config,
 )
-from tools.errors import WrapperError
-from tools.new_module import ModuleValues, check_name, render, values_from_image, TEMPLATE
+from tools.runtime.errors import WrapperError
+from tools.commands.new import ModuleValues, check_name, render, values_from_image, TEMPLATE
 
 ROOT = Path(__file__).resolve().parents[2]
 HOSTILE = "\"; import os; os.system('touch PWNED') #"
@@ -356,7 +356,7 @@ def test_image_without_ports_needs_a_port():
 
 
 def test_a_failed_manifest_write_leaves_no_temp_file(tmp_path):
-    from tools.routes import Manifest, write_manifest
+    from tools.runtime.routes import Manifest, write_manifest
 
     target = tmp_path / "deploy_x.routes.json"
     target.mkdir()
@@ -383,7 +383,7 @@ def test_a_port_is_never_judged_silent_before_it_was_probed():
 
 def test_summary_shows_the_public_path_of_static_routes_too():
     from tools.discover_routes import Outcome, Result, summary
-    from tools.routes import Manifest, Route
+    from tools.runtime.routes import Manifest, Route
 
     manifest = Manifest(routes=[
         Route("/inference", "POST", 8080, request_kind="multipart", file_fields=("file",), source="static"),

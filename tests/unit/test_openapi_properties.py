@@ -9,8 +9,8 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tools.openapi import OPERATION_KEYS, convert_document, decode_document
-from tools.routes import BODY_METHODS, REQUEST_KINDS, Manifest, is_valid_cord_path, parse_manifest
+from tools.discovery.openapi import OPERATION_KEYS, convert_document, decode_document
+from tools.runtime.routes import BODY_METHODS, REQUEST_KINDS, Manifest, is_valid_cord_path, parse_manifest
 
 SCHEMA_NAMES = ["S0", "S1", "S2", "S3"]
 SEGMENT_CHARS = "abcxyzABZ019_-.~:@é %"

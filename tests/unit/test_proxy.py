@@ -9,17 +9,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tools.errors import BadRequest
-from tools.proxy import (
-    Template,
-    build_outgoing,
-    check_proxy_path,
-    extension_for,
-    match_template,
-)
-from tools.registration import RouteOptions, Target
-from tools.routes import Route
-from tools.errors import ManifestError
+from tools.runtime.errors import BadRequest
+from tools.runtime.cords.catch_all import Template, check_proxy_path, match_template
+from tools.runtime.cords.request import build_outgoing
+from tools.runtime.routes import extension_for
+from tools.runtime.registration import RouteOptions, Target
+from tools.runtime.routes import Route
+from tools.runtime.errors import ManifestError
 
 
 def target(**route_fields) -> Target:
@@ -174,7 +170,7 @@ def test_post_without_declared_body_sends_undeclared_keys_as_json_and_query_para
 def test_undeclared_on_get_is_all_query_and_old_none_on_post_reads_as_undeclared():
     out = build_outgoing(target(method="GET", request_kind="undeclared"), {"q": "x"}, [])
     assert (out.params, out.has_json) == ([("q", "x")], False)
-    from tools.routes import parse_manifest
+    from tools.runtime.routes import parse_manifest
 
     old = parse_manifest({"version": 2, "routes": [{"path": "/a", "method": "POST", "request": {"kind": "none"}},
                                                    {"path": "/b", "method": "GET", "request": {"kind": "none"}}]}, "m")

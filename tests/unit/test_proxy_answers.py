@@ -7,7 +7,7 @@ import base64
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tools.proxy import _lines
+from tools.runtime.sdk.call import _lines
 
 
 def cipher(text) -> str:

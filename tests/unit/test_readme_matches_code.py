@@ -35,8 +35,8 @@ GLOBAL_OPTIONS = {"--yes", "--debug", "--help"}  # deploy.sh accepts them with e
 ENGINE_FLAGS = {"--cgroup-manager", "--runtime"}
 # Variables the code uses that are no setting of the user's, so README's table leaves them out.
 INTERNAL_ENV = {
-    "CHUTES_DEV_MODE": "the SDK's own; tools/sdk/node.py clears it after the SDK sets it",
-    "CHUTES_LOCAL_PLATFORM_KEY": "handed by tools/gateway.py to the node process it starts for --run",
+    "CHUTES_DEV_MODE": "the SDK's own; tools/runtime/sdk/node.py clears it after the SDK sets it",
+    "CHUTES_LOCAL_PLATFORM_KEY": "handed by tools/platform/gateway.py to the node process it starts for --run",
 }
 
 
@@ -82,7 +82,7 @@ def action_tools() -> dict[str, list[tuple[str, str | None]]]:
     """Action flag -> the (tools module, subcommand) its cmd_ function runs, helpers followed once."""
     functions = bash_functions(DEPLOY)
     # `tool MODULE [SUB]`, `exec_tool MODULE`, or `cmd=(MODULE [SUB] ...)` / `X_CMD=(...)` run later
-    tool_call = re.compile(r'(?:\b(?:exec_tool|tool)\s+|\b\w*(?:cmd|CMD)=\()"?([a-z_]+)"?(?:\s+([a-z][a-z-]*))?')
+    tool_call = re.compile(r'(?:\b(?:exec_tool|tool)\s+|\b\w*(?:cmd|CMD)=\()"?([a-z_.]+)"?(?:\s+([a-z][a-z-]*))?')
     result = {}
     for flag in actions():
         body = functions.get(command_function(flag), "")
@@ -92,7 +92,7 @@ def action_tools() -> dict[str, list[tuple[str, str | None]]]:
         for text in bodies:
             for match in tool_call.finditer(text):
                 module, sub = match.group(1), match.group(2)
-                if (ROOT / "tools" / f"{module}.py").is_file():
+                if (ROOT / "tools" / (module.replace(".", "/") + ".py")).is_file():
                     tools.append((module, sub))
         result[flag] = list(dict.fromkeys(tools))
     return result
@@ -518,7 +518,7 @@ def test_an_override_naming_no_route_is_documented_as_the_warning_it_is(caplog_l
     from chutes.chute import Chute
 
     from tools import chute_wrappers
-    from tools.routes import Route
+    from tools.runtime.routes import Route
 
     sentence = re.search(r"a key that names no (?:loaded )?route is ([^.(]+)", README)
     assert sentence and "warning" in sentence.group(1) and "error" not in sentence.group(1), sentence

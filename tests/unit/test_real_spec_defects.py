@@ -12,8 +12,8 @@ import pytest
 from tools.discover_routes import (
     Bounds, Config, Display, Outcome, PortWatch, discover, eager_count, judge_outcomes, summary,
 )
-from tools.errors import WrapperError
-from tools.openapi import EAGER_PROBES, PROBE_PATHS, convert_document
+from tools.runtime.errors import WrapperError
+from tools.discovery.openapi import EAGER_PROBES, PROBE_PATHS, convert_document
 
 
 def swagger(paths: dict, **extra) -> dict:

@@ -6,15 +6,15 @@ import sys
 
 import pytest
 
-from tools.errors import ManifestError, WrapperError
-from tools.registration import Plan, plan
-from tools.routes import Route
+from tools.runtime.errors import ManifestError, WrapperError
+from tools.runtime.registration import Plan, plan
+from tools.runtime.routes import Route
 
 
 def test_plan_needs_no_sdk():
     import subprocess
 
-    code = ("import sys; from tools.registration import plan; from tools.routes import Route; "
+    code = ("import sys; from tools.runtime.registration import plan; from tools.runtime.routes import Route; "
             "p = plan([Route('/a')], 8020); assert [c.public_path for c in p.cords] == ['/a']; "
             "assert 'chutes' not in sys.modules, 'the plan imported the SDK'")
     subprocess.run([sys.executable, "-c", code], check=True)
@@ -72,7 +72,7 @@ def test_summary_names_cords_catch_all_and_skips():
 
 
 def test_upstream_headers_are_checked_and_resolved_from_the_environment_only():
-    from tools.registration import check_upstream_headers, resolve_upstream_headers
+    from tools.runtime.registration import check_upstream_headers, resolve_upstream_headers
 
     headers = check_upstream_headers({"Authorization": "Bearer ${SERVICE_KEY}", "Accept": "application/json"})
     assert resolve_upstream_headers(headers, {"SERVICE_KEY": "s3cret"}) == {
@@ -92,14 +92,14 @@ def test_upstream_headers_are_checked_and_resolved_from_the_environment_only():
     (["X-A"], "expected a dict"),
 ])
 def test_bad_upstream_headers_are_one_line_errors(headers, message):
-    from tools.registration import check_upstream_headers
+    from tools.runtime.registration import check_upstream_headers
 
     with pytest.raises(ManifestError, match=message):
         check_upstream_headers(headers)
 
 
 def test_a_literal_secret_in_a_header_is_a_warning(caplog_loguru):
-    from tools.registration import check_upstream_headers
+    from tools.runtime.registration import check_upstream_headers
 
     check_upstream_headers({"X-API-Key": "literal-key"})
     assert any("looks secret" in line for line in caplog_loguru)

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tools.errors import ManifestError
-from tools.routes import (
+from tools.runtime.errors import ManifestError
+from tools.runtime.routes import (
     MANIFEST_VERSION,
     Manifest,
     Route,

@@ -1,7 +1,8 @@
-"""RUNTIME_FILES (tools/wrapper_image.py) is what runs inside the image: a deploy module, and the node
-runner `--run-docker` starts there, import from a directory holding only those files; every import of a
-listed file stays inside the list, including imports made inside functions (they run at chute startup,
-not at import)."""
+"""What the image holds of tools/ (tools/runtime/image.py: the deploy modules' API and the runtime
+package, whole) is all that runs inside it: a deploy module, and the node runner `--run-docker` starts
+there, import from a directory holding only those files; every import of an image file stays inside
+them, including imports made inside functions (they run at chute startup, not at import); and every
+file of the runtime package is reached (no developer-machine code rides along)."""
 
 from __future__ import annotations
 
@@ -14,13 +15,13 @@ from pathlib import Path
 
 import pytest
 
-from tools.wrapper_image import RUNTIME_FILES, SETUP_SCRIPT
+from tools.runtime.image import RUNTIME_FILES, SETUP_SCRIPT
 
 ROOT = Path(__file__).resolve().parents[2]
 # Modules that run inside the wrapped image: the template users copy (with its manifest).
 DEPLOY_MODULES = ["deploy_example"]
-# What starts there: the deploy modules' API, and the node runner (tools/run_docker.py's entrypoint).
-ENTRY_MODULES = ["tools.chute_wrappers", "tools.sdk.node"]
+# What starts there: the deploy modules' API, and the node runner (tools/commands/run_docker.py's entrypoint).
+ENTRY_MODULES = ["tools.chute_wrappers", "tools.runtime.sdk.node"]
 
 
 def module_name(path: str) -> str:
@@ -35,18 +36,18 @@ def tools_imports(path: Path) -> set[str]:
         if isinstance(node, ast.Import):
             found |= {alias.name for alias in node.names if alias.name.startswith("tools.")}
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            if node.module == "tools":  # `from tools import x` names a module
-                found |= {f"tools.{alias.name}" for alias in node.names}
-            elif node.module.startswith("tools."):
-                found.add(node.module)
+            if node.module == "tools" or node.module.startswith("tools."):
+                if node.module != "tools":
+                    found.add(node.module)
+                # `from tools.runtime.sdk import keys` names a module
+                found |= {f"{node.module}.{alias.name}" for alias in node.names
+                          if (ROOT / node.module.replace(".", "/") / f"{alias.name}.py").is_file()}
     return found
 
 
-def test_every_listed_file_exists_and_is_python_or_the_package():
-    for path in RUNTIME_FILES:
-        assert (ROOT / path).is_file(), path
-        assert path.endswith(".py"), path
-    assert "tools/__init__.py" in RUNTIME_FILES
+def test_the_image_gets_the_deploy_modules_api_and_every_python_file_of_the_runtime_package():
+    package = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "tools" / "runtime").rglob("*.py"))
+    assert list(RUNTIME_FILES) == ["tools/__init__.py", "tools/chute_wrappers.py", *package]
     assert SETUP_SCRIPT not in RUNTIME_FILES  # build time only: ADDed to the image's state directory
 
 
@@ -59,6 +60,9 @@ def test_imports_of_listed_files_stay_inside_the_list_and_every_file_is_reached(
         path = next(p for p in RUNTIME_FILES if module_name(p) == module)
         for imported in tools_imports(ROOT / path):
             assert imported in listed, f"{path} imports {imported}, which is not in RUNTIME_FILES"
+            parts = imported.split(".")
+            for package in (".".join(parts[:n]) for n in range(2, len(parts))):
+                reached.add(package)  # importing a module runs its packages' __init__ first
             if imported not in reached:
                 reached.add(imported)
                 todo.append(imported)
@@ -79,7 +83,7 @@ def isolated_env(directory: Path) -> dict[str, str]:
 
 def test_the_node_runner_starts_with_only_the_runtime_files(tmp_path):
     runtime_copy(tmp_path)
-    proc = subprocess.run([sys.executable, "-m", "tools.sdk.node", "--help"], cwd=tmp_path, env=isolated_env(tmp_path),
+    proc = subprocess.run([sys.executable, "-m", "tools.runtime.sdk.node", "--help"], cwd=tmp_path, env=isolated_env(tmp_path),
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "usage:" in proc.stdout
@@ -98,4 +102,4 @@ def test_deploy_module_imports_with_only_the_runtime_files(module, tmp_path):
                           timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert int(proc.stdout.split()[-1]) > 1, "registration ran and registered cords"
-    assert not (tmp_path / "tools" / "run_local.py").exists()
+    assert not (tmp_path / "tools" / "commands").exists() and not (tmp_path / "tools" / "platform").exists()

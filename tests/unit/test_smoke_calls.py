@@ -9,10 +9,10 @@ import json
 import pytest
 from aiohttp import web
 
-from tools.routes import Route
+from tools.runtime.routes import Route
 from tools.cord_table import Cord
-from tools.errors import Interrupted
-from tools.smoke import Call, Limits, Result, limits_for, plan, run_calls, summary_line, table
+from tools.runtime.errors import Interrupted
+from tools.commands.smoke import Limits, Result, SmokeCall, calls_for, limits_for, run_calls, summary_line, table
 
 LIMITS = Limits(call_timeout=1.0, stream_window=0.3, stream_bytes=4096, concurrency=4)
 
@@ -93,8 +93,8 @@ async def against_service(calls_for, limits=LIMITS, check=lambda: None):
         await runner.cleanup()
 
 
-def call(base: str, path: str, method: str = "GET", body=None) -> Call:
-    return Call(path, "proxy", method, base + path, body)
+def call(base: str, path: str, method: str = "GET", body=None) -> SmokeCall:
+    return SmokeCall(path, "proxy", method, base + path, body)
 
 
 def test_each_outcome_and_the_summary_line():
@@ -141,7 +141,7 @@ def test_a_post_without_example_sends_an_empty_object_and_overrides_add_file_fie
     cords = [Cord("POST", "/inference", ":1/inference", False, route=upload, mode="proxy"),
              Cord("POST", "/v1/chat/completions", ":1", False, route=plain, mode="proxy"),
              Cord("GET", "/v1/models", ":1", False, route=get, mode="passthrough")]
-    calls = plan("http://x", cords, {"POST /inference": {"file_fields": {"file": "audio/wav"}}})
+    calls = calls_for("http://x", cords, {"POST /inference": {"file_fields": {"file": "audio/wav"}}})
     assert calls[0].body["file_base64"].startswith("UklG")  # a WAV; its type is the override's (audio/wav)
     assert "file_content_type" not in calls[0].body
     assert calls[1].body == {}
@@ -151,7 +151,7 @@ def test_a_post_without_example_sends_an_empty_object_and_overrides_add_file_fie
 
 
 def test_results_pass_for_ok_and_streams_only():
-    c = Call("/x", "k", "GET", "http://x")
+    c = SmokeCall("/x", "k", "GET", "http://x")
     assert Result(c, 200, 0.1, 1).ok and Result(c, 200, 0.1, 1, outcome="streams").ok
     assert not Result(c, 500, 0.1, 1, "HTTP 500").ok and not Result(c, None, 1, 0, "slow", "timeout").ok
 
@@ -169,6 +169,6 @@ def test_get_examples_go_in_the_query_string_as_callers_on_chutes_send_them():
     get = Cord("GET", "/v1/blob", ":8020/v1/blob", False, route=Route(
         "/v1/blob", "GET", request_kind="none", query_params=("size",), example={"size": 65536}), mode="proxy")
     post = Cord("POST", "/v1/echo", ":8020/v1/echo", False, route=Route("/v1/echo", "POST"), mode="proxy")
-    blob, echo = plan("http://chute", [get, post])
+    blob, echo = calls_for("http://chute", [get, post])
     assert (blob.url, blob.body) == ("http://chute/v1/blob?size=65536", None)
     assert (echo.url, echo.body) == ("http://chute/v1/echo", {})  # `{}` is a body

@@ -1,5 +1,5 @@
 """The wrapper image's Dockerfile text (layer order, ENV quoting, build context) and its setup script,
-tools/image_setup.sh: its branches as text, and its choices run under sh with stand-in commands."""
+tools/runtime/image_setup.sh: its branches as text, and its choices run under sh with stand-in commands."""
 
 from __future__ import annotations
 
@@ -10,14 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from tools import wrapper_image
-from tools.wrapper_image import build_wrapper_image, setup_command
+from tools.runtime import image as wrapper_image
+from tools.runtime.image import build_wrapper_image, setup_command
+from tools.runtime.sdk.image import build_context
+from tools.runtime.sdk.rules import installed_version
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT_PATH = ROOT / wrapper_image.SETUP_SCRIPT
 SCRIPT = SCRIPT_PATH.read_text()
 SH = shutil.which("sh") or "/bin/sh"
-RUNTIME_DIRECTORIES = list(dict.fromkeys(str(Path(path).parent) for path in wrapper_image.RUNTIME_FILES))
 BASE = "registry.example.com/team/service:1.2"
 MANAGER_MARKERS = {
     "debian": ("apt-get install", "dpkg-query"),
@@ -120,14 +121,14 @@ def test_from_is_the_base_image_and_user_root_comes_before_setup(elsewhere):
     items = instructions(image)
     assert items[0] == ("FROM", BASE)
     assert items[1] == ("USER", "root")
-    assert items[2] == ("ADD", f"tools/image_setup.sh {wrapper_image.SETUP_SCRIPT_IN_IMAGE}")
+    assert items[2] == ("ADD", f"tools/runtime/image_setup.sh {wrapper_image.SETUP_SCRIPT_IN_IMAGE}")
     assert items[3][0] == "RUN" and items[3][1].startswith(f"sh {wrapper_image.SETUP_SCRIPT_IN_IMAGE} ")
 
 
 def test_setup_script_is_added_from_the_project_and_uploaded(module_dir):
     image = build_wrapper_image("alice", "svc", "v1", BASE, module_file=str(module_dir / "deploy_x.py"))
-    context = [path for directive in image._directives for path in directive._build_context]
-    assert "tools/image_setup.sh" in context
+    context = build_context(image)
+    assert "tools/runtime/image_setup.sh" in context
 
 
 def test_setup_script_has_every_package_manager_branch():
@@ -209,8 +210,7 @@ def test_python_is_never_compiled(elsewhere):
 
 
 def test_chutes_is_installed_in_a_venv_at_the_sdk_version(elsewhere):
-    from chutes._version import version
-
+    version = installed_version()
     command = setup_command(chutes_version=version)
     assert f"--venv {wrapper_image.VENV_DIR} " in command
     assert f"--chutes-version {version} " in command
@@ -296,7 +296,7 @@ def test_invalid_chute_env_key_is_rejected(key):
 
 
 def test_config_errors_are_user_fixable_wrapper_errors():
-    from tools.errors import WrapperError
+    from tools.runtime.errors import WrapperError
 
     with pytest.raises(WrapperError):
         build_wrapper_image("alice", "svc", "v1", BASE, env={"BAD-KEY": "x"})
@@ -327,20 +327,22 @@ def test_extra_packages_go_through_the_package_manager():
 def test_build_context_is_added_when_cwd_has_tools_and_manifest(module_dir):
     image = build_wrapper_image("alice", "svc", "v1", BASE, module_file=str(module_dir / "deploy_x.py"))
     items = added(image)
-    for directory in RUNTIME_DIRECTORIES:  # one ADD per directory: an ADD of several sources flattens them
-        files = " ".join(path for path in wrapper_image.RUNTIME_FILES if str(Path(path).parent) == directory)
-        assert ("ADD", f"--chown=chutes:chutes {files} /app/{directory}/") in items
+    # the deploy modules' API into /app/tools/, the runtime package whole (an ADD of a directory keeps its tree)
+    assert ("ADD", "--chown=chutes:chutes tools/__init__.py tools/chute_wrappers.py /app/tools/") in items
+    assert ("ADD", "--chown=chutes:chutes tools/runtime /app/tools/runtime/") in items
     assert ("ADD", "--chown=chutes:chutes deploy_x.routes.json /app/deploy_x.routes.json") in items
-    context = [path for directive in image._directives for path in directive._build_context]
+    context = build_context(image)
     assert "deploy_x.routes.json" in context and "tools/__init__.py" in context
+    # what a remote build uploads for the runtime package: its Python files, no caches
+    assert set(wrapper_image.RUNTIME_FILES) <= set(context)
     assert not any("__pycache__" in path for path in context)
 
 
 def test_only_the_runtime_files_of_tools_go_into_the_image(module_dir):
     image = build_wrapper_image("alice", "svc", "v1", BASE, module_file=str(module_dir / "deploy_x.py"))
-    context = {path for directive in image._directives for path in directive._build_context}
-    assert {"tools/chute_wrappers.py", "tools/launcher.py", "tools/proxy.py"} <= context
-    for cli_or_demo in ("tools/run_local.py", "tools/discover_routes.py", "tools/demo_service.py", "tools/chutes_cli.py"):
+    context = set(build_context(image))
+    assert {"tools/chute_wrappers.py", "tools/runtime/launcher.py", "tools/runtime/cords/request.py"} <= context
+    for cli_or_demo in ("tools/commands/run.py", "tools/discover_routes.py", "tools/demo_service.py", "tools/chutes_cli.py"):
         assert cli_or_demo not in context
         assert cli_or_demo not in str(image)
     assert "*" not in str(image)
@@ -349,9 +351,9 @@ def test_only_the_runtime_files_of_tools_go_into_the_image(module_dir):
 def test_build_context_is_skipped_without_error_elsewhere(elsewhere):
     image = build_wrapper_image("alice", "svc", "v1", BASE, module_file=str(ROOT / "deploy_x.py"))
     # Only the setup script's ADD (so the Dockerfile stays whole); no file to upload from here.
-    setup_add = f"tools/image_setup.sh {wrapper_image.SETUP_SCRIPT_IN_IMAGE}"
+    setup_add = f"tools/runtime/image_setup.sh {wrapper_image.SETUP_SCRIPT_IN_IMAGE}"
     assert [args for kw, args in added(image) if kw == "ADD"] == [setup_add]
-    assert [path for directive in image._directives for path in directive._build_context] == []
+    assert build_context(image) == []
 
 
 def test_manifest_is_found_from_the_calling_module_through_the_reexport(module_dir):
@@ -366,12 +368,11 @@ def test_manifest_is_found_from_the_calling_module_through_the_reexport(module_d
 
 
 # USER root, ADD + RUN of the setup script, ENV, ENTRYPOINT, USER, WORKDIR, one ADD per directory of
-# runtime files (tools/, tools/sdk/), ADD manifest: 10.
+# runtime files (tools/, tools/runtime/sdk/), ADD manifest: 10.
 MAX_INSTRUCTIONS = 10
 
 
 def test_at_most_ten_instructions_are_added(module_dir):
-    assert len(RUNTIME_DIRECTORIES) <= 2
     image = build_wrapper_image(
         "alice", "svc", "v1", BASE, env={"A": "1"}, extra_packages=["curl"], module_file=str(module_dir / "deploy_x.py")
     )
@@ -382,7 +383,7 @@ def test_layers_are_ordered_for_the_build_cache(module_dir):
     items = added(build_wrapper_image("alice", "svc", "v1", BASE, module_file=str(module_dir / "deploy_x.py")))
     setup = index_of(items, "RUN")
     env = index_of(items, "ENV")
-    assert index_of(items, "ADD", "tools/image_setup.sh") == setup - 1
+    assert index_of(items, "ADD", "tools/runtime/image_setup.sh") == setup - 1
     adds = [index for index, (kw, args) in enumerate(items) if kw == "ADD" and index > setup]
     assert setup < env < min(adds)
     assert index_of(items, "WORKDIR") < min(adds)
