@@ -58,8 +58,8 @@ CHUTE_STATIC_ROUTES = [
     {"path": "/v1/echo", "method": "POST", "target_path": "/v1/echo"},
 ]
 
-# Per-route overrides, keyed "METHOD /path" as in the manifest: force "passthrough" or "proxy",
-# name file fields and their content type, set a timeout in seconds. Usually not needed.
+# Per-route overrides, keyed "METHOD /path" as in the manifest: name file fields and their content
+# type, set a timeout in seconds. Usually not needed.
 CHUTE_ROUTE_OVERRIDES = {
     "POST /inference": {"file_fields": {"file": "audio/wav"}, "timeout": 300},
 }

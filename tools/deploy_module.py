@@ -270,9 +270,9 @@ class DeployModule:
         if chute is None:
             found.append("there is no module-level `chute`")
         else:
-            from chutes.chute import Chute, ChutePack
+            from tools.runtime.sdk.chute import is_chute
 
-            if not isinstance(chute, (Chute, ChutePack)):
+            if not is_chute(chute):
                 found.append(f"`chute` is a {type(chute).__name__}, not a chutes.chute.Chute")
             elif isinstance(self.get("CHUTE_NAME"), str) and chute.name != self.get("CHUTE_NAME"):
                 found.append(f"chute.name is {chute.name!r} but CHUTE_NAME is {self.get('CHUTE_NAME')!r}")

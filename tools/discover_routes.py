@@ -1,5 +1,5 @@
 """`deploy.sh --discover MODULE`: find a service's HTTP routes in its OpenAPI document and write the
-route manifest (`<module>.routes.json`, version 2).
+route manifest (`<module>.routes.json`, the version `tools.runtime.routes.MANIFEST_VERSION` says).
 
 Runs the module's image in a labelled container published on 127.0.0.1 (or probes a running service
 with --base-url), polls every port's probe paths at once until each has answered with a spec or

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from substrateinterface import Keypair
+from tools.runtime.sdk import keys
 
 from tests.api.fake_chutes_api import FakeChutesAPI, State
 from tests.api.terminal import Terminal, tmux_available
@@ -75,7 +75,7 @@ def account(tmp_path) -> Account:
     home = tmp_path / "home"
     (home / ".chutes").mkdir(parents=True)
     seed = secrets.token_hex(32)
-    keypair = Keypair.create_from_seed(seed_hex=seed)
+    keypair = keys.from_seed(seed)
     api_key = "cpk_" + secrets.token_hex(24)
     SECRETS_SEEN.extend([seed, api_key])
     state = State(hotkey=keypair.ss58_address, api_key=api_key)

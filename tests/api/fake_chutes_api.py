@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from substrateinterface import Keypair
+from tools.runtime.sdk import keys
 
 # Which purpose the SDK signs each kind of bodiless request with (chutes/crud.py, entrypoint/*).
 PURPOSES = {"users": "me", "chutes": "chutes", "images": "images", "instances": "logs"}
@@ -114,7 +114,7 @@ class Handler(BaseHTTPRequestHandler):
                 tail = hashlib.sha256(body).hexdigest() if body else purpose
                 message = f"{hotkey}:{nonce}:{tail}"
                 try:
-                    ok = Keypair(ss58_address=hotkey).verify(message.encode(), bytes.fromhex(signature))
+                    ok = keys.verifier(hotkey).verify(message.encode(), bytes.fromhex(signature))
                 except ValueError:
                     ok = False
                 if not ok:

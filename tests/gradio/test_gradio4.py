@@ -15,6 +15,7 @@ from tests.gradio.conftest import Direct
 from tests.gradio.test_gradio_calls import png
 from tools.discover_routes import Config, Display, discover
 from tools.runtime.cords.gradio import call_function
+from tools.runtime.sdk.call import reply
 
 pytestmark = pytest.mark.integration
 
@@ -35,7 +36,7 @@ def direct4(gradio4_app) -> Direct:
 
 async def call(app, function, body):
     async with aiohttp.ClientSession() as session:
-        answer = await call_function(session, app.port, function, body, 30)
+        answer = await reply(None, await call_function(session, app.port, function, body, 30))  # plain HTTP
         if hasattr(answer, "body_iterator"):
             return answer, b"".join([chunk async for chunk in answer.body_iterator])
         return answer, answer.body

@@ -182,7 +182,7 @@ async def test_an_app_that_is_not_answering_is_a_503(gradio_module):
                  if r.path == "/greet")
     async with aiohttp.ClientSession() as session:
         answer = await call_function(session, free_port(), greet, {"name": "x"}, 10)
-    assert answer.status_code == 503 and answer.headers["retry-after"]
+    assert answer.status == 503 and dict(answer.headers)["Retry-After"]
     assert "not answering" in json.loads(answer.body)["detail"]
 
 
@@ -196,21 +196,23 @@ def decipher(text) -> str:
 
 
 async def test_on_a_node_answers_are_the_envelopes_the_gateway_decodes(gradio_module, gradio_app):
-    """With the platform's encryption (request.state._encrypt): JSON as {"json": enc}, a file as a
-    Response envelope with its media type, a generator's items as one encrypted UTF-8 text per line."""
+    """On a node (the SDK's encryption set): JSON as {"json": enc}, a file as a Response envelope with
+    its media type, a generator's items as one encrypted UTF-8 text per line."""
     import aiohttp
 
     from tools.runtime.cords.gradio import call_function
     from tools.runtime.routes import read_manifest_file
+    from tools.runtime.sdk.call import Call, reply
 
+    whole, lines_call = Call(None, [], encrypt=cipher), Call(None, [], encrypt=cipher, stream=True)
     fns = {r.path: r.gradio for r in read_manifest_file(gradio_module / "deploy_gradioapp.routes.json").routes}
     async with aiohttp.ClientSession() as session:
-        greeting = await call_function(session, gradio_app.port, fns["/greet"], {"name": "Ada"}, 30, encrypt=cipher)
+        greeting = await reply(whole, await call_function(session, gradio_app.port, fns["/greet"], {"name": "Ada"}, 30))
         assert json.loads(decipher(greeting["json"])) == "Hello, Ada!"
-        report = await call_function(session, gradio_app.port, fns["/make_file"], {"text": "Q4"}, 30, encrypt=cipher)
+        report = await reply(whole, await call_function(session, gradio_app.port, fns["/make_file"], {"text": "Q4"}, 30))
         assert decipher(report["body"]) == "report for Q4\n" and report["media_type"].startswith("text/plain")
-        streamed = await call_function(session, gradio_app.port, fns["/count"], {"n": 2, "stream": True}, 30,
-                                       encrypt=cipher)
+        streamed = await reply(lines_call, await call_function(session, gradio_app.port, fns["/count"],
+                                                               {"n": 2, "stream": True}, 30))
         lines = [line async for line in streamed.body_iterator]
     assert all(line.endswith(b"\n") and line.count(b"\n") == 1 for line in lines)
     text = "".join(decipher(line[:-1].decode()) for line in lines)

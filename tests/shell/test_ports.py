@@ -57,17 +57,17 @@ def test_deploy_sh_accepts_the_highest_port_with_its_own_logging_port(tmp_path):
 
 DERIVED = "--logging-port 65536 is outside 1-65535 (the logging port is --port + 1)"
 TOOL_CASES = [
-    ("run_local", ["--port", "99999"], "argument --port: 99999 is outside 1-65535"),
-    ("run_local", ["--port", "0"], "argument --port: 0 is outside 1-65535"),
-    ("run_local", ["--port", "x"], "argument --port: 'x' is not a port number (1-65535)"),
-    ("run_local", ["--logging-port", "70000"], "argument --logging-port: 70000 is outside 1-65535"),
-    ("run_local", ["--port", "65535"], DERIVED),
-    ("smoke", ["--port", "99999"], "argument --port: 99999 is outside 1-65535"),
-    ("smoke", ["--port", "65535"], DERIVED),
-    ("run_docker", ["--port", "99999"], "argument --port: 99999 is outside 1-65535"),
-    ("run_docker", ["--port", "65535"], DERIVED),
+    ("commands.run", ["--port", "99999"], "argument --port: 99999 is outside 1-65535"),
+    ("commands.run", ["--port", "0"], "argument --port: 0 is outside 1-65535"),
+    ("commands.run", ["--port", "x"], "argument --port: 'x' is not a port number (1-65535)"),
+    ("commands.run", ["--logging-port", "70000"], "argument --logging-port: 70000 is outside 1-65535"),
+    ("commands.run", ["--port", "65535"], DERIVED),
+    ("commands.smoke", ["--port", "99999"], "argument --port: 99999 is outside 1-65535"),
+    ("commands.smoke", ["--port", "65535"], DERIVED),
+    ("commands.run_docker", ["--port", "99999"], "argument --port: 99999 is outside 1-65535"),
+    ("commands.run_docker", ["--port", "65535"], DERIVED),
     ("discover_routes", ["--port", "99999"], "argument --port: 99999 is outside 1-65535"),
-    ("new_module", ["--image", "x:1", "--port", "0"], "argument --port: 0 is outside 1-65535"),
+    ("commands.new", ["--image", "x:1", "--port", "0"], "argument --port: 0 is outside 1-65535"),
 ]
 
 

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from substrateinterface import Keypair
+from tools.runtime.sdk import keys
 
 from tools import chutes_api
 from tools.commands import account
@@ -45,7 +45,7 @@ def test_prompts_are_answered_yes_except_showing_every_file():
 @pytest.fixture
 def config(tmp_path, monkeypatch):
     seed = secrets.token_hex(32)
-    keypair = Keypair.create_from_seed(seed_hex=seed)
+    keypair = keys.from_seed(seed)
     path = tmp_path / "config.ini"
     path.write_text(f"[auth]\nusername = u\nuser_id = id-1\nhotkey_seed = {seed}\nhotkey_name = hk\n"
                     f"hotkey_ss58address = {keypair.ss58_address}\n[payment]\naddress = pay\n")
@@ -63,12 +63,12 @@ def test_signatures_verify_like_the_sdks(config, payload, purpose):
     nonce = headers["X-Chutes-Nonce"]
     tail = hashlib.sha256(payload).hexdigest() if payload else purpose
     message = f"{keypair.ss58_address}:{nonce}:{tail}"
-    assert Keypair(ss58_address=keypair.ss58_address).verify(message.encode(), bytes.fromhex(headers["X-Chutes-Signature"]))
+    assert keys.verify(keypair.ss58_address, message.encode(), bytes.fromhex(headers["X-Chutes-Signature"]))
     assert headers["X-Chutes-Hotkey"] == keypair.ss58_address and headers["X-Chutes-UserID"] == "id-1"
     # the SDK's own message for the same inputs
-    from chutes.util.auth import get_signing_message
+    from tools.runtime.sdk.rules import signing_message
 
-    assert get_signing_message(keypair.ss58_address, nonce, payload, purpose=purpose) == message
+    assert signing_message(keypair.ss58_address, nonce, payload, purpose=purpose) == message
     assert seed not in repr(acct)
 
 

@@ -1,4 +1,7 @@
-"""The shape of tools/: no import circle, and the SDK's internals touched only by the SDK adapter."""
+"""The shape of tools/: no import circle; what runs inside a chute (tools/runtime) imports nothing of
+tools/ outside it; the SDK's internals, and any `chutes` import but its public `Chute`,
+`NodeSelector` and `Image`, only in the SDK adapter (tools/runtime/sdk), tests included; every
+exception in tools/runtime/errors.py, one rooted tree."""
 
 from __future__ import annotations
 
@@ -8,6 +11,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 TOOLS = ROOT / "tools"
+ADAPTER = "tools.runtime.sdk"
 
 
 def modules() -> dict[str, Path]:
@@ -59,14 +63,57 @@ def test_the_import_graph_of_tools_has_no_circle():
 # What only tools/runtime/sdk/ may touch: the SDK's private attributes and runtime wiring.
 SDK_INTERNALS = re.compile(
     r"\bcord\._|\._request_handler\b|\._passthrough|\._public_api_method\b|\._directives\b|\._stream\b"
-    r"|\._func\b|\._username\b|router\.on_shutdown|request\.state\.|from chutes\.entrypoint|import chutes\.entrypoint"
+    r"|\._func\b|\._username\b|\._build_context\b|\._startup_hooks\b|\._cords\b|router\.on_shutdown"
+    r"|request\.state\."
 )
+# What a deploy module, and so anything of ours, may import from the SDK.
+PUBLIC_SDK = {"chutes.chute": {"Chute", "NodeSelector"}, "chutes.image": {"Image"}}
 
 
 def test_only_the_sdk_adapter_touches_the_sdks_internals():
     offenders = []
     for name, path in modules().items():
         if name.startswith("tools.runtime.sdk"):
+            continue
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            if SDK_INTERNALS.search(line) and not line.lstrip().startswith("#"):
+                offenders.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()}")
+    assert offenders == []
+
+
+def test_the_runtime_package_imports_nothing_of_tools_outside_it():
+    mods = modules()
+    for name, path in mods.items():
+        if name.startswith("tools.runtime"):
+            outside = {dep for dep in imports_of(path, set(mods)) if not dep.startswith("tools.runtime")}
+            assert outside == set(), f"{path.relative_to(ROOT)} imports {sorted(outside)}"
+
+
+def sdk_imports(path: Path) -> list[tuple[int, str]]:
+    """(line, what) of every import of the chutes SDK that is not its public Chute/NodeSelector/Image."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name) for alias in node.names if alias.name.split(".")[0] == "chutes"]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "chutes":
+            extra = {alias.name for alias in node.names} - PUBLIC_SDK.get(node.module, set())
+            if extra:
+                found.append((node.lineno, f"from {node.module} import {', '.join(sorted(extra))}"))
+    return found
+
+
+def test_only_the_sdk_adapter_imports_more_of_the_sdk_than_its_public_classes():
+    adapter = TOOLS / "runtime" / "sdk"
+    files = [p for p in ROOT.rglob("*.py") if ".venv" not in p.parts and adapter not in p.parents]
+    files += [p for p in (ROOT / "bench").iterdir() if p.is_file() and p.read_text(errors="replace").startswith("#!")]
+    offenders = [f"{path.relative_to(ROOT)}:{line}: {what}" for path in files for line, what in sdk_imports(path)]
+    assert offenders == []
+
+
+def test_tests_touch_no_sdk_internals():
+    offenders = []
+    for path in (ROOT / "tests").rglob("*.py"):
+        if path.name == "test_layout.py":
             continue
         for number, line in enumerate(path.read_text().splitlines(), 1):
             if SDK_INTERNALS.search(line) and not line.lstrip().startswith("#"):

@@ -410,11 +410,9 @@ def test_readme_setup_sh_and_tool_commands_use_existing_options():
 @functools.cache
 def chutes_cli_options(sub: str) -> set[str]:
     """The options of `chutes SUB`, from the CLI's own Typer app (what `chutes SUB --help` lists)."""
-    import typer.main
-    from chutes.cli import app
+    from tools.runtime.sdk.rules import cli_options
 
-    command = typer.main.get_command(app).commands[sub]
-    return {option for param in command.params for option in getattr(param, "opts", [])}
+    return cli_options(sub)
 
 
 def test_readme_chutes_cli_commands_use_options_the_cli_has():

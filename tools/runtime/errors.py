@@ -1,26 +1,27 @@
-"""Every exception of chutes-wrappers, and the CLI edge that prints them.
+"""Every exception of chutes-wrappers, one rooted tree, and the CLI edge that prints them.
 
-The family (the WrapperErrors say what is wrong and, in `hint`, how to fix it)::
+    ChutesWrappersError         the root: `except ChutesWrappersError` catches everything of ours
+    ├── WrapperError            something the user can fix; `hint` says how; `run_cli` prints it as one line
+    │   ├── ManifestError       a route manifest, static routes or route overrides are malformed
+    │   ├── ServiceError        the wrapped service did not start, exited, or did not answer in time
+    │   ├── SpecError           a service's OpenAPI document cannot be used
+    │   ├── EngineError         the container engine is missing, not running, or refused a request
+    │   ├── APIError            the Chutes API refused or failed a request (`status`: its HTTP status)
+    │   └── ImageConfigError    an argument of build_wrapper_image cannot go into a Dockerfile (a ValueError too)
+    ├── BadRequest              a caller's JSON cannot become the upstream request: the cord answers 400
+    ├── CallFailed              a Gradio call that ends in an error answer (its HTTP status and detail)
+    ├── UpstreamBroke           the service broke off an answer the caller was already receiving
+    ├── NotGradio               what a URL serves is not a Gradio app this toolkit can call (discovery
+    │                           then treats it as any other service)
+    ├── Interrupted             SIGINT/SIGTERM arrived during work that finishes its cleanup first
+    └── InstanceOutcome         how the local gateway (tools/platform/gateway.py) judges an instance's
+        │                       answer, as the Chutes API does (chutes-api api/chute/util.py `_invoke_one`)
+        ├── InstanceFailure     counts toward disabling the instance
+        ├── InstanceRateLimit   429: not a failure
+        └── MinerBadRequest     400: the caller's, not a failure
 
-    WrapperError            something the user can fix; caught once by `run_cli`, printed as one line
-    ├── ManifestError       a route manifest, static routes or route overrides are malformed
-    ├── ServiceError        the wrapped service did not start, exited, or did not answer in time
-    ├── SpecError           a service's OpenAPI document cannot be used
-    ├── EngineError         the container engine is missing, not running, or refused a request
-    ├── APIError            the Chutes API refused or failed a request (`status`: its HTTP status)
-    └── ImageConfigError    an argument of build_wrapper_image cannot go into a Dockerfile
-    NotGradio               what a URL serves is not a Gradio app this toolkit can call (discovery
-                            then treats it as any other service)
-    CallFailed              a Gradio call that ends in an error answer (its HTTP status and detail)
-    BadRequest              a caller's JSON cannot become the upstream request (a cord answers 400)
-    UpstreamBroke           the service broke off an answer the caller was already receiving
-    Interrupted             SIGINT/SIGTERM arrived during work that finishes its cleanup first
-    InstanceFailure, InstanceRateLimit, MinerBadRequest
-                            how the local gateway (tools/platform/gateway.py) judges an instance's answer, as
-                            the Chutes API does (chutes-api api/chute/util.py `_invoke_one`)
-
-`BadRequest` is not a WrapperError: it is the caller's mistake, answered over HTTP, never printed.
-`Interrupted` ends a CLI like Ctrl-C does (exit 130).
+Only WrapperErrors are printed (one line, exit 1); the caller's and the service's errors are answered
+over HTTP, never printed. `Interrupted` ends a CLI like Ctrl-C does (exit 130).
 """
 
 from __future__ import annotations
@@ -30,7 +31,11 @@ import sys
 from typing import Callable, NoReturn
 
 
-class WrapperError(Exception):
+class ChutesWrappersError(Exception):
+    """The root of every exception of chutes-wrappers."""
+
+
+class WrapperError(ChutesWrappersError):
     """Something the user can fix: the message says what is wrong, `hint` how to fix it."""
 
     def __init__(self, message: str, hint: str | None = None):
@@ -70,11 +75,11 @@ class ImageConfigError(WrapperError, ValueError):
     """An argument of build_wrapper_image cannot go into a Dockerfile (bad env key/value, package...)."""
 
 
-class NotGradio(Exception):
+class NotGradio(ChutesWrappersError):
     """What a URL serves is not a Gradio app (or not one this toolkit can call)."""
 
 
-class CallFailed(Exception):
+class CallFailed(ChutesWrappersError):
     """A call of a Gradio function that ends in an error answer: its status and detail."""
 
     def __init__(self, status: int, detail: str, **extra: object):
@@ -82,11 +87,11 @@ class CallFailed(Exception):
         self.status, self.detail, self.extra = status, detail, extra
 
 
-class BadRequest(Exception):
+class BadRequest(ChutesWrappersError):
     """The caller's JSON cannot be turned into the upstream request: the cord answers 400."""
 
 
-class UpstreamBroke(Exception):
+class UpstreamBroke(ChutesWrappersError):
     """The service's answer ended abnormally after the caller's answer had started: raised inside the
     answer's body, so the server ends the response abnormally and a cut stream never looks complete.
     `status` is what a caller gets when the answer had not started yet (502, or 504 for a timeout)."""
@@ -96,7 +101,7 @@ class UpstreamBroke(Exception):
         self.status = status
 
 
-class Interrupted(Exception):
+class Interrupted(ChutesWrappersError):
     """A signal arrived while work that must finish its cleanup was running."""
 
     def __init__(self, signum: int):
@@ -104,15 +109,19 @@ class Interrupted(Exception):
         self.signum = signum
 
 
-class InstanceFailure(Exception):
+class InstanceOutcome(ChutesWrappersError):
+    """How one call to an instance ended, when it did not end well (the local gateway's judgement)."""
+
+
+class InstanceFailure(InstanceOutcome):
     """Anything `invoke` catches that is not RATE_LIMIT or BAD_REQUEST: counts toward disabling the instance."""
 
 
-class InstanceRateLimit(Exception):
+class InstanceRateLimit(InstanceOutcome):
     """`_invoke_one`: miner status 429 -> InstanceRateLimit (error "RATE_LIMIT", not a failure)."""
 
 
-class MinerBadRequest(Exception):
+class MinerBadRequest(InstanceOutcome):
     """`_invoke_one`: miner status 400 -> BadRequest("Invalid request: " + text) (not a failure)."""
 
 

@@ -27,6 +27,8 @@ from urllib.parse import quote, urlsplit
 import aiohttp
 from loguru import logger
 
+from starlette.requests import Request  # FastAPI hands the request to a handler by this annotation
+
 from tools.runtime.cords.answer import SMALL_BODY, error
 from tools.runtime.cords.pool import UpstreamPool
 from tools.runtime.cords.request import OFFLOAD_BYTES, decode_file, sniff
@@ -457,7 +459,7 @@ async def call_function(
 def gradio_handler(pool: UpstreamPool, port: int, function: GradioFunction, timeout: float):
     """The ASGI handler of one Gradio function's cord (the shape of handler.proxy_handler)."""
 
-    async def handle(request: Any):
+    async def handle(request: Request):
         call = None
         try:
             call = await incoming(request)

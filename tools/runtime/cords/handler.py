@@ -7,6 +7,8 @@ import asyncio
 from typing import Any
 from urllib.parse import quote
 
+from starlette.requests import Request  # FastAPI hands the request to a handler by this annotation
+
 from tools.runtime.cords.answer import error, send
 from tools.runtime.cords.catch_all import PATH_SAFE, Template, route_call
 from tools.runtime.cords.pool import UpstreamPool
@@ -26,7 +28,7 @@ async def prepare(target: Target, call: Call, request: Any, path: str | None = N
 def proxy_handler(pool: UpstreamPool, target: Target, stream: bool = False):
     """The handler of one route's cord."""
 
-    async def handle(request: Any):
+    async def handle(request: Request):
         call = None
         try:
             call = await incoming(request, cord_stream=stream)
@@ -42,7 +44,7 @@ def catch_all_handler(pool: UpstreamPool, targets: list[Target]):
     """The handler of the catch-all cord: {"method", "path", "query", "json" | "form" | "raw"}."""
     templates = [Template.of(target) for target in targets]
 
-    async def handle(request: Any):
+    async def handle(request: Request):
         call = None
         try:
             call = await incoming(request)

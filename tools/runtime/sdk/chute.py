@@ -64,6 +64,13 @@ def resource(chute: "Chute", name: str, factory: Callable[[], Any], close: str =
     return state.resources[name]
 
 
+def is_chute(value: Any) -> bool:
+    """A `Chute`, or the ChutePack some modules' `chute` is (importing chutes.chute costs ~0.7 s)."""
+    from chutes.chute import Chute, ChutePack
+
+    return isinstance(value, (Chute, ChutePack))
+
+
 def unwrap(chute: Any) -> "Chute":
     """The `Chute` of a module's `chute`, which may be a ChutePack (`.chute`), as `chutes run` takes it."""
     return getattr(chute, "chute", chute)

@@ -42,6 +42,22 @@ def is_valid_cord_path(path: str) -> bool:
     return "//" not in path and bool(cord_path_re().match(path))
 
 
+def cli_options(command: str) -> set[str]:
+    """The options of `chutes COMMAND`, from the CLI's own Typer app (what `chutes COMMAND --help` lists)."""
+    import typer.main
+    from chutes.cli import app
+
+    group = typer.main.get_command(app)
+    return {option for param in group.commands[command].params for option in getattr(param, "opts", [])}
+
+
+def signing_message(hotkey: str, nonce: str, payload: bytes | None = None, purpose: str | None = None) -> str:
+    """The message the SDK signs for an API request (chutes.util.auth `get_signing_message`)."""
+    from chutes.util.auth import get_signing_message
+
+    return get_signing_message(hotkey, nonce, payload, purpose=purpose)
+
+
 def installed_version() -> str:
     """The installed SDK's version (what `chutes build --local` pins in the image)."""
     return importlib.metadata.version(SDK)
