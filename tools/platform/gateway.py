@@ -25,12 +25,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import contextvars
 import json
 import os
+import time
 import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Callable
 
 import aiohttp
 import orjson
@@ -110,6 +112,31 @@ class Stats:
 
 
 @dataclass
+class CallRecord:
+    """One caller's call as the local gateway saw it: what `--run` logs a line of (`line`), and what
+    observers of the gateway (tests, metrics) receive when the answer has been sent."""
+
+    started: float
+    method: str
+    path: str
+    cord: str | None = None  # the cord's internal path
+    stream: bool = False  # the gateway's stream decision (read the answer as lines)
+    status: int = 0  # what the caller got
+    failure: str | None = None  # why the instance failed the call, if it did
+    bytes: int = 0  # of the answer the caller got
+    ms: float = 0.0
+
+    def line(self) -> str:
+        stamp = time.strftime("%H:%M:%S", time.localtime(self.started))
+        text = (f"{stamp} {self.method} {self.path} -> {self.cord or '-'} {'stream' if self.stream else 'whole'} "
+                f"{self.status} {self.bytes}B {self.ms:.1f}ms")
+        return text + (f" INSTANCE FAILURE: {self.failure}" if self.failure else "")
+
+
+_CALL: contextvars.ContextVar[CallRecord | None] = contextvars.ContextVar("gateway_call", default=None)
+
+
+@dataclass
 class Gateway:
     """The invocation route for one chute with one instance at `chute_url`."""
 
@@ -118,6 +145,7 @@ class Gateway:
     key: PlatformKey
     source_address: str | None = GATEWAY_SOURCE_ADDRESS
     stats: Stats = field(default_factory=Stats)
+    observers: list[Callable[[CallRecord], None]] = field(default_factory=list)
     _session: aiohttp.ClientSession | None = None
 
     # -- the miner session -------------------------------------------------------------------------
@@ -143,6 +171,9 @@ class Gateway:
         self.stats.instance_failures += 1
         self.stats.consecutive_failures += 1
         self.stats.last_failure = reason
+        call = _CALL.get()
+        if call is not None:
+            call.failure = reason
 
     # -- one call: api/chute/util.py `_invoke_one` -------------------------------------------------
 
@@ -242,6 +273,9 @@ class Gateway:
             return JSONResponse({"detail": "No matching cord found!"}, status_code=404)
         if cord.get("stream"):
             stream = True  # `_invoke`: a stream cord always streams
+        call = _CALL.get()
+        if call is not None:
+            call.cord, call.stream = cord.get("path"), bool(stream)
         # `_invoke`: passthrough-flagged cords (and the vllm/tei templates) get
         # {"json": body, "params": query}; other cords get the body alone.
         if self.record.standard_template in ("vllm", "tei") or cord.get("passthrough", False):
@@ -338,6 +372,44 @@ class Gateway:
 
     # -- the ASGI app ------------------------------------------------------------------------------
 
+    async def observed(self, request: Request) -> Response:
+        """`invoke`, with the call recorded and handed to every observer once its answer is sent."""
+        call = CallRecord(time.time(), request.method, request.url.path)
+        token = _CALL.set(call)
+        clock = time.perf_counter()
+        try:
+            response = await self.invoke(request)
+        finally:
+            _CALL.reset(token)
+        call.status = response.status_code
+
+        def done() -> None:
+            call.ms = (time.perf_counter() - clock) * 1000
+            for observer in self.observers:
+                observer(call)
+
+        if not isinstance(response, StreamingResponse):
+            call.bytes = len(response.body)
+            done()
+            return response
+        inner = response.body_iterator
+
+        async def counted() -> AsyncIterator[Any]:
+            token = _CALL.set(call)  # failures found while streaming are this call's
+            try:
+                async for chunk in inner:
+                    call.bytes += len(chunk if isinstance(chunk, bytes) else chunk.encode())
+                    yield chunk
+            finally:
+                try:
+                    _CALL.reset(token)
+                except ValueError:  # closed from another context (the server dropped the answer)
+                    pass
+                done()
+
+        response.body_iterator = counted()
+        return response
+
     def app(self) -> Starlette:
         async def stats(_: Request) -> Response:
             return JSONResponse(asdict(self.stats))
@@ -350,7 +422,7 @@ class Gateway:
         return Starlette(
             routes=[
                 Route(STATS_PATH, stats, methods=["GET"]),
-                Route("/{path:path}", self.invoke, methods=METHODS),
+                Route("/{path:path}", self.observed, methods=METHODS),
             ],
             lifespan=lifespan,
         )
@@ -372,6 +444,7 @@ def serve(config: GatewayConfig, key: PlatformKey) -> None:
     if config.source_address == "127.0.0.1":
         raise WrapperError("--source-address 127.0.0.1 would bypass the node's GraValMiddleware", "use 127.0.0.2")
     gateway = Gateway(load_record(config.cords), config.chute_url.rstrip("/"), key, config.source_address)
+    gateway.observers.append(lambda call: print(call.line(), flush=True))  # one line per call in --run's log
     uvicorn.run(gateway.app(), host=config.host, port=config.port, log_level="warning", lifespan="on")
 
 
