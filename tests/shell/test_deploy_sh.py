@@ -258,6 +258,18 @@ def test_validate_reports_a_bad_module_in_one_message(home, tmp_path, source, me
     assert message in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize("name, message", [
+    ("deploy_" + "a" * 300, "(307 characters) cannot name a file here: File name too long"),
+    ("deploy-bad", "'deploy-bad' is not a deploy module name"),
+])
+def test_a_module_name_no_file_can_have_is_a_usage_error_in_one_line(home, tmp_path, name, message):
+    """ENAMETOOLONG was a traceback: a name too long for the file system is a bad argument (exit 2)."""
+    result = run("--validate", name, env=clean_env(home), cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr and result.stdout == ""
+
+
 def test_a_module_path_is_taken_from_the_callers_directory(home, tmp_path):
     work = tmp_path / "work"
     work.mkdir()
