@@ -139,7 +139,9 @@ async def reply(call: Call | None, answer: Answer) -> "Response | dict":
         return _http(answer)
     if call.stream:
         chunks = answer.chunks if answer.chunks is not None else _one(answer.body or b"")
-        return abortable_stream(_lines(chunks, answer.text, call.encrypt), status_code=answer.status,
+        # 200 whatever the service said: the gateway reads no status below 400 (util.py:840-878),
+        # and a 204's lines would never be sent (a 204 has no body).
+        return abortable_stream(_lines(chunks, answer.text, call.encrypt), status_code=200,
                                 media_type="text/event-stream" if answer.sse else None)
     body = answer.body
     if body is None:
