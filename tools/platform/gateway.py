@@ -46,7 +46,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from tools.runtime.constants import port_argument
+from tools.runtime.constants import API_PING_PATH, port_argument
 from tools.runtime.errors import (
     InstanceFailure, InstanceOutcome, InstanceRateLimit, MinerBadRequest, WrapperError, run_cli,
 )
@@ -72,7 +72,7 @@ NO_INSTANCES = "No instances available (yet) for chute_id={!r}"
 CONSECUTIVE_FAILURE_LIMIT, DISABLE_SECONDS, MAX_INSTANCE_DISABLES, CASCADE_SECONDS = 7, 90.0, 2, 45.0
 DISABLE_COUNT_SECONDS = 3600.0
 # api/main.py:274-281: `/ping` on any host is answered by the API itself (main.py:204-208, :226).
-PING_PATH = "/ping"
+PING_PATH = API_PING_PATH
 STATS_PATH = "/_gateway/stats"
 
 
