@@ -3,6 +3,7 @@ run-docker with a stand-in engine, and the menu in a real terminal (tmux)."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -238,6 +239,25 @@ def test_validate_prints_the_cords_without_starting_anything(home, tmp_path):
     assert f"manifest:  {ROOT}/deploy_example.routes.json" in out
     assert "POST   /tts_to_audio" in out and "curl -sS" in out
     assert "ok: deploy_example is valid (12 cord(s)); nothing was started" in out
+
+
+def test_validate_warns_about_response_headers_no_caller_gets_on_chutes(home, tmp_path):
+    """Discovery records the headers a spec declares (manifest `response.headers`); on Chutes only an
+    answer's media type reaches callers, so --validate says which routes lose which headers."""
+    example_copy(tmp_path / "deploy_headers.py")
+    (tmp_path / "deploy_headers.routes.json").write_text(json.dumps({"version": 3, "routes": [
+        {"path": "/report", "method": "GET", "port": 8020, "request": {"kind": "none"},
+         "response": {"kind": "binary", "content_type": "application/pdf",
+                      "headers": ["Content-Disposition", "X-Request-Id"]}},
+        {"path": "/plain", "method": "GET", "port": 8020, "request": {"kind": "none"}},
+    ]}))
+    result = run("--validate", "deploy_headers", env=clean_env(home), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    warnings = [line for line in result.stdout.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1, result.stdout
+    assert "GET /report answers with header(s) Content-Disposition, X-Request-Id" in warnings[0]
+    assert "on Chutes callers get only the media type" in warnings[0]
+    assert "(on Chutes without its header(s) Content-Disposition, X-Request-Id" in result.stdout
 
 
 @pytest.mark.parametrize(
