@@ -12,6 +12,7 @@
     ├── BadRequest              a caller's JSON cannot become the upstream request: the cord answers 400
     ├── CallFailed              a Gradio call that ends in an error answer (its HTTP status and detail)
     ├── UpstreamBroke           the service broke off an answer the caller was already receiving
+    ├── UndecodableBody         a compressed answer of the service that does not decode (a malformed answer)
     ├── NotGradio               what a URL serves is not a Gradio app this toolkit can call (discovery
     │                           then treats it as any other service)
     ├── Interrupted             SIGINT/SIGTERM arrived during work that finishes its cleanup first
@@ -107,6 +108,11 @@ class UpstreamBroke(ChutesWrappersError):
     def __init__(self, detail: str, status: int = 502):
         super().__init__(detail)
         self.status = status
+
+
+class UndecodableBody(ChutesWrappersError, ValueError):
+    """A service's answer whose content coding (gzip, deflate, br, zstd) does not decode: the
+    service's fault, answered as a malformed answer (tools/runtime/cords/answer.py)."""
 
 
 class Interrupted(ChutesWrappersError):

@@ -31,7 +31,7 @@ from loguru import logger
 
 from tools.runtime.cords.pool import UpstreamPool
 from tools.runtime.cords.request import Outgoing
-from tools.runtime.errors import UpstreamBroke
+from tools.runtime.errors import UndecodableBody, UpstreamBroke
 from tools.runtime.registration import Target
 from tools.runtime.sdk.call import Answer, Call
 
@@ -94,7 +94,7 @@ async def service_error(upstream: aiohttp.ClientResponse, target: Target, path: 
     if codings:  # best effort: the text of an error is worth having, the start of it too
         try:
             raw = Decoding(codings).decompress(raw)
-        except (LookupError, DecodeError):
+        except (LookupError, UndecodableBody):
             pass
     text = raw.decode("utf-8", "replace")
     try:
@@ -120,10 +120,6 @@ async def service_error(upstream: aiohttp.ClientResponse, target: Target, path: 
 # body is decoded here. The pool asks for `identity` (tools/runtime/cords/pool.py); this is for
 # services that compress anyway. gzip and deflate need only zlib; br and zstd a module for them in the
 # chute's Python (brotli or brotlicffi; compression.zstd, backports.zstd or zstandard), else a 400.
-
-
-class DecodeError(ValueError):
-    """A compressed body that does not decode (the service's fault: a malformed answer)."""
 
 
 class _Zlib:
@@ -154,7 +150,7 @@ class _Zlib:
             return b""
         out = self.obj.flush()
         if not self.obj.eof:
-            raise DecodeError("the body ends before its compressed data does")
+            raise UndecodableBody("the body ends before its compressed data does")
         return out
 
 
@@ -168,7 +164,7 @@ class _Brotli:
 
     def flush(self) -> bytes:
         if not self.obj.is_finished():
-            raise DecodeError("the body ends before its compressed data does")
+            raise UndecodableBody("the body ends before its compressed data does")
         return b""
 
 
@@ -188,7 +184,7 @@ class _Zstd:
 
     def flush(self) -> bytes:
         if hasattr(self.obj, "eof") and not self.obj.eof and hasattr(self.obj, "needs_input"):
-            raise DecodeError("the body ends before its compressed data does")
+            raise UndecodableBody("the body ends before its compressed data does")
         return b""
 
 
@@ -248,7 +244,7 @@ def content_codings(upstream: aiohttp.ClientResponse) -> list[str]:
 
 
 class Decoding:
-    """A body's content codings undone, the last applied first; raises DecodeError on bad data and
+    """A body's content codings undone, the last applied first; raises UndecodableBody on bad data and
     LookupError (saying why) for a coding it cannot undo."""
 
     def __init__(self, codings: list[str]):
@@ -264,10 +260,10 @@ class Decoding:
         try:
             for step in self.steps:
                 data = step.decompress(data)
-        except DecodeError:
+        except UndecodableBody:
             raise
         except Exception as exc:  # noqa: BLE001 - zlib.error, brotli.error, ZstdError...
-            raise DecodeError(str(exc) or type(exc).__name__) from None
+            raise UndecodableBody(str(exc) or type(exc).__name__) from None
         return data
 
     def flush(self) -> bytes:
@@ -275,10 +271,10 @@ class Decoding:
         try:
             for step in self.steps:
                 carry = step.decompress(carry) + step.flush()
-        except DecodeError:
+        except UndecodableBody:
             raise
         except Exception as exc:  # noqa: BLE001
-            raise DecodeError(str(exc) or type(exc).__name__) from None
+            raise UndecodableBody(str(exc) or type(exc).__name__) from None
         return carry
 
     def whole(self, data: bytes) -> bytes:
@@ -297,9 +293,9 @@ async def chunks_of(upstream: aiohttp.ClientResponse, sse: bool, too_slow: str,
                 yield chunk
         if decoding is not None and (tail := decoding.flush()):
             yield tail
-    except (aiohttp.ClientError, asyncio.TimeoutError, DecodeError) as exc:
+    except (aiohttp.ClientError, asyncio.TimeoutError, UndecodableBody) as exc:
         timed_out = isinstance(exc, asyncio.TimeoutError)
-        if isinstance(exc, DecodeError):
+        if isinstance(exc, UndecodableBody):
             reason = f"the service sent a {'+'.join(decoding.codings) if decoding else ''} body that does not decode"
         else:
             reason = too_slow if timed_out else "the service broke off its answer"
@@ -401,7 +397,7 @@ async def send(pool: UpstreamPool, target: Target, outgoing: Outgoing, call: Cal
         except aiohttp.ClientError as exc:
             logger.warning(f"{where}: {type(exc).__name__}: {exc}")
             return error(502, f"the service broke off its answer to {where}")
-        except DecodeError as exc:
+        except UndecodableBody as exc:
             logger.warning(f"{where}: {'+'.join(codings)} body does not decode: {exc}")
             return error(502, f"the service sent a {'+'.join(codings)} body that does not decode to {where}: {exc}")
         finally:
