@@ -97,7 +97,7 @@ def derive_upstream_status(error: object) -> int | None:
 
 
 def invoke_error(error: str, detail: str | None = None) -> Response:
-    """router.py:778-795 (and :626-646 before a stream's first chunk): an `invoke` error
+    """router.py:782-794 (and :630-649 before a stream's first chunk): an `invoke` error
     `{"error", "detail"}` as the caller's answer: the mapped status, else 500 with the error."""
     return JSONResponse({"detail": detail or error}, status_code=derive_upstream_status(error) or 500)
 
@@ -372,7 +372,7 @@ class Gateway:
     def _target_error(self) -> Response | None:
         """Before a call reaches the instance: router.py:562-568 (no instance: 503), then
         instance/util.py `get_target`'s single-instance path (:574-592): disabled, or at
-        `concurrency` calls -> "infra_overload" -> 429 (util.py:1488-1500)."""
+        `concurrency` calls -> "infra_overload" -> 429 (util.py:1489-1500)."""
         stats, now = self.stats, time.time()
         if stats.deleting_at is not None and now >= stats.deleting_at and not stats.deleted:
             stats.deleted = True
@@ -444,7 +444,7 @@ class Gateway:
         """`invoke` (util.py:1837-1999) then `_invoke`: what the caller gets once the only instance
         failed a call: every Exception of an attempt is caught, so none escapes as a bare 500."""
         if isinstance(exc, InstanceRateLimit):
-            # util.py:1867-1870 `infra_overload = True`; the next attempt finds no target (:1488-1500)
+            # util.py:1865-1867 `infra_overload = True`; the next attempt finds no target (:1489-1500)
             self.stats.rate_limited += 1
             return invoke_error("infra_overload", OVERLOAD)
         if isinstance(exc, MinerBadRequest):
@@ -469,7 +469,7 @@ class Gateway:
         finally:
             self.stats.in_flight -= 1
         self._succeeded()
-        # router.py:744-776, non-streamed: "bytes" -> StreamingResponse(media_type=content_type) (so
+        # router.py:722-780, non-streamed: "bytes" -> StreamingResponse(media_type=content_type) (so
         # no Content-Length: chunked); otherwise the JSON re-serialized (orjson) as application/json.
         # The status is always 200: the instance's status_code in the envelope is not used.
         if "bytes" in result:
@@ -522,12 +522,12 @@ class Gateway:
                 self._succeeded()
             except Exception as exc:  # noqa: BLE001 - util.py:1837
                 self._failed(str(exc) if isinstance(exc, InstanceOutcome) else f"stream broken: {type(exc).__name__}: {exc}")
-                # router.py:650-658: after the first chunk the error is appended as JSON text
+                # router.py:650-657: after the first chunk the error is appended as JSON text
                 yield orjson.dumps({"error": f"Unhandled exception during response stream: {NO_TARGETS}"})
             finally:
                 await release()
 
-        # router.py:699-713: StreamingResponse(media_type="text/event-stream", X-Chutes-InvocationID,
+        # router.py:701-712: StreamingResponse(media_type="text/event-stream", X-Chutes-InvocationID,
         # Cache-Control, X-Accel-Buffering). The background task releases the call if the caller
         # went away before the body was read.
         headers = {"X-Chutes-InvocationID": invocation_id, "Cache-Control": "no-cache, no-transform",

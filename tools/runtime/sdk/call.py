@@ -191,7 +191,7 @@ def _int64(text: str) -> int:
 def gateway_reads_json(raw: bytes) -> bool:
     """Whether the gateway re-serialises `raw` unchanged but for spacing, when it comes as a {"json"}
     envelope. The gateway parses it with orjson (chutes-api api/chute/util.py:15 `import orjson as
-    json`, :1190 `json.loads(plaintext)`) and answers `json.dumps` of it (router.py:787): orjson
+    json`, :1190 `json.loads(plaintext)`) and answers `json.dumps` of it (router.py:772): orjson
     refuses NaN, Infinity, lone surrogates and invalid UTF-8 (an instance failure), reads an integer
     beyond 64 bits as a float (a different number for the caller), and JSON lines are no document.
     Anything else goes as a body with its media type, byte for byte."""
