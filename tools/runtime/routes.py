@@ -124,13 +124,19 @@ class Manifest:
     routes: list[Route] = field(default_factory=list)
     skipped: list[dict] = field(default_factory=list)
     source: str | None = None
+    # port -> the path that answers 2xx once the service is ready (found by discovery; the module's
+    # SERVICE_READY_PATHS wins). An optional key: toolkits that predate it ignore it.
+    ready_paths: dict[int, str] = field(default_factory=dict)
 
     def to_json(self) -> dict:
-        return {
+        out: dict[str, Any] = {
             "version": MANIFEST_VERSION,
             "routes": [route.to_json() for route in self.routes],
             "skipped": self.skipped,
         }
+        if self.ready_paths:
+            out["ready_paths"] = {str(port): path for port, path in sorted(self.ready_paths.items())}
+        return out
 
 
 def sanitize_path(path: str) -> str:
@@ -334,6 +340,7 @@ def parse_route(entry: Any, source: str, index: int, origin: str = "manifest", v
 def parse_manifest(data: Any, source: str, origin: str = "manifest") -> Manifest:
     """A manifest from decoded JSON: a bare list, or an object with `routes` (any version)."""
     skipped: list[dict] = []
+    ready: dict[int, str | None] = {}
     version = 1
     if isinstance(data, list):
         entries = data
@@ -349,10 +356,30 @@ def parse_manifest(data: Any, source: str, origin: str = "manifest") -> Manifest
         if not isinstance(entries, list):
             raise ManifestError(f"{source}: 'routes' must be a list, got {type(entries).__name__}")
         skipped = list(data.get("skipped") or [])
+        ready = parse_ready_paths(data.get("ready_paths"), f"{source}: key 'ready_paths'")
     else:
         raise ManifestError(f"{source}: expected a list of routes or an object with 'routes', got {type(data).__name__}")
     routes = [parse_route(entry, source, index, origin, version) for index, entry in enumerate(entries)]
-    return Manifest(routes=routes, skipped=skipped, source=source)
+    return Manifest(routes=routes, skipped=skipped, source=source,
+                    ready_paths={port: path for port, path in ready.items() if path})
+
+
+def parse_ready_paths(value: Any, where: str = "SERVICE_READY_PATHS") -> dict[int, str | None]:
+    """{port: "/path"} (ports as numbers or digit strings; None: the port alone tells readiness)."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ManifestError(f"{where}: expected {{port: '/path'}}, e.g. {{8080: '/health'}}")
+    out: dict[int, str | None] = {}
+    for key, path in value.items():
+        port = int(key) if isinstance(key, str) and key.isdigit() else key
+        if not is_port(port):
+            raise ManifestError(f"{where}: {key!r} is not a port number {PORT_MIN}-{PORT_MAX}")
+        if path is not None and (not isinstance(path, str) or not path.startswith("/")
+                                 or any(ch in path for ch in " \r\n\t\0#")):
+            raise ManifestError(f"{where}[{key!r}]: expected a path starting with '/' (or None), got {path!r}")
+        out[port] = path
+    return out
 
 
 def read_manifest_file(path: str | Path) -> Manifest:
