@@ -177,6 +177,7 @@ async def wait_for_services(
     interval: float = 0.2,
     launcher: ServiceLauncher | None = None,
     check: Callable[[], None] | None = None,
+    log: bool = True,
 ) -> None:
     """Wait until every port accepts connections and, where `ready_paths` names a path for it,
     that path answers 2xx; all ports at once.
@@ -218,7 +219,8 @@ async def wait_for_services(
                                    "check the service's log above, raise the timeout, or fix SERVICE_READY_PATHS")
             await asyncio.sleep(min(interval, max(0.0, deadline - loop.time())))
     detail = ", ".join(f"{port}: GET {paths[port]} 2xx after {took.get(port, 0):.1f}s" for port in ports if port in paths)
-    logger.info(f"services ready on port(s) {', '.join(str(p) for p in ports)}" + (f" ({detail})" if detail else ""))
+    if log:
+        logger.info(f"services ready on port(s) {', '.join(str(p) for p in ports)}" + (f" ({detail})" if detail else ""))
 
 
 def _not_ready(pending: list[int], paths: Mapping[int, str], last: Mapping[int, str], timeout: float) -> str:
