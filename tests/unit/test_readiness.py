@@ -16,7 +16,7 @@ from tools import chute_wrappers as cw
 from tools.runtime.errors import ManifestError, ServiceError, WrapperError
 from tools.runtime.launcher import resolve_ready_paths
 from tools.runtime.routes import Manifest, Route, parse_manifest, write_manifest
-from tools.runtime.sdk.chute import startup_hooks
+from tools.runtime.sdk.chute import cord_views, startup_hooks
 
 LIMIT_S = 60  # only a hang reaches it
 
@@ -86,7 +86,7 @@ async def test_health_cord_reports_liveness_and_readiness_apart():
         dead = closed_port()
         chute = Chute(username="tester", name="unit", image="unused")
         cw.add_health_cord(chute, [service.port, dead], ready_paths={service.port: "/ready"})
-        health = chute.cords[-1]._func
+        health = cord_views(chute)[-1].function
         report = await health(None)
         assert report["status"] == "unhealthy" and report["live"] is False and report["ready"] is False
         assert report["ports"][str(service.port)] == "ok" and str(dead) in report["ports"][str(dead)]
@@ -98,7 +98,7 @@ async def test_health_cord_reports_liveness_and_readiness_apart():
     async with LoadingService() as service:
         service.ready.set()
         cw.add_health_cord(chute, [service.port], ready_paths={service.port: "/ready"})
-        report = await chute.cords[-1]._func(None)
+        report = await cord_views(chute)[-1].function(None)
     assert report == {"status": "healthy", "live": True, "ready": True, "ports": {str(service.port): "ok"},
                       "readiness": {str(service.port): "ok"}}
 

@@ -76,6 +76,9 @@ class Route:
     example: Any = None
     source: str = "manifest"
     gradio: Any = None  # tools.runtime.gradio_spec.GradioFunction, for request kind "gradio"
+    # Where `example` comes from: "spec" (its examples, defaults, enums), "generated" (some values made
+    # up by type: a 4xx to it is "not tried with real input"), "module" (CHUTE_ROUTE_OVERRIDES); None: unknown
+    example_source: str | None = None
 
     @property
     def upstream_path(self) -> str:
@@ -106,6 +109,8 @@ class Route:
             out["function_name"] = self.function_name
         if self.example is not None:
             out["example"] = self.example
+            if self.example_source:
+                out["example_source"] = self.example_source
         if self.gradio is not None:
             out["gradio"] = self.gradio.to_json()
         return out
@@ -334,7 +339,18 @@ def parse_route(entry: Any, source: str, index: int, origin: str = "manifest", v
         example=entry.get("example"),
         source=origin,
         gradio=gradio,
+        example_source=_example_source(entry, source, index),
     )
+
+
+EXAMPLE_SOURCES = ("spec", "generated", "module")
+
+
+def _example_source(entry: Mapping, source: str, index: int) -> str | None:
+    value = entry.get("example_source")
+    if value is not None and value not in EXAMPLE_SOURCES:
+        raise ManifestError(f"{_where(source, index, 'example_source')}: {value!r} is not one of {', '.join(EXAMPLE_SOURCES)}")
+    return value
 
 
 def parse_manifest(data: Any, source: str, origin: str = "manifest") -> Manifest:

@@ -220,6 +220,7 @@ class CordView:
     passthrough_path: str | None = None
     passthrough_port: int | None = None
     handler: Any = None  # what serves a call (ours for our cords, the SDK's own method otherwise)
+    function: Any = None  # the module's function behind the cord (`async def f(self, ...)`)
 
 
 def cord_views(chute: "Chute") -> list[CordView]:
@@ -236,6 +237,7 @@ def cord_views(chute: "Chute") -> list[CordView]:
             passthrough_path=cord.passthrough_path,
             passthrough_port=cord._passthrough_port,
             handler=cord._request_handler,
+            function=getattr(cord, "_func", None),
         )
         for cord in chute.cords
     ]
