@@ -68,8 +68,20 @@ def service() -> tuple[web.Application, dict]:
         await response.write_eof()
         return response
 
+    async def refused(request):  # the chute passing on the service's 404 (README's error table)
+        return web.json_response({"error": "Model string not found", "upstream_status": 404,
+                                  "upstream_body": '{"error": "Model string not found"}', "detail": "..."}, status=400)
+
+    async def refused_via_gateway(request):  # the same, as the local gateway answers it
+        inner = json.dumps({"detail": "bad task", "upstream_status": 422, "upstream_body": "{}"})
+        return web.json_response({"detail": f"Invalid request: Invalid request: {inner}"}, status=400)
+
+    async def chutes_own_400(request):  # the cord refusing the call itself: never the service's
+        return web.json_response({"detail": "file_base64: not valid base64"}, status=400)
+
     app = web.Application()
-    app.add_routes([web.post("/ok", ok), web.get("/ok", ok), web.get("/sse", endless_sse), web.get("/bytes", endless_bytes),
+    app.add_routes([web.get("/refused", refused), web.get("/refused-gw", refused_via_gateway),
+                    web.get("/own400", chutes_own_400),web.post("/ok", ok), web.get("/ok", ok), web.get("/sse", endless_sse), web.get("/bytes", endless_bytes),
                     web.get("/poll", long_poll), web.get("/slow", slow_body), web.get("/boom", boom),
                     web.get("/short", short_stream)])
     return app, state
@@ -107,9 +119,23 @@ def test_each_outcome_and_the_summary_line():
     assert by_label["/sse"].size > 0 and by_label["/bytes"].size >= LIMITS.stream_bytes
     assert "HTTP 500" in by_label["/boom"].problem
     assert "no answer within 1s" in by_label["/poll"].problem
-    assert summary_line(results) == "summary: 2 ok, 2 streams, 1 failed, 2 timeout"
+    assert summary_line(results) == "summary: 2 ok, 2 streams, 0 untried, 1 failed, 2 timeout"
     assert [r.call.label for r in results] == paths  # in the order planned, whatever order they ended in
     assert "streams (read for a moment)" in table(results)
+
+
+def test_a_services_4xx_to_made_up_values_is_untried_and_to_real_input_a_failure():
+    def calls(base):
+        made_up = [SmokeCall(p, "proxy", "GET", base + p, made_up=True, key=f"GET {p}")
+                   for p in ("/refused", "/refused-gw", "/own400")]
+        return made_up + [call(base, "/refused")]
+    results, _ = asyncio.run(against_service(calls))
+    assert [r.outcome for r in results] == ["untried", "untried", "failed", "failed"]
+    assert "not tried with real input: the service answered 404 to made-up values" in results[0].problem
+    assert 'CHUTE_ROUTE_OVERRIDES["GET /refused"] = {"example": {...}}' in results[0].problem
+    assert "the service answered 422" in results[1].problem
+    assert results[3].problem == "HTTP 400 (the service's 404)"
+    assert all(r.ok for r in results[:2]) and summary_line(results).endswith("2 untried, 2 failed, 0 timeout")
 
 
 def test_calls_run_a_few_at_a_time_never_more():
