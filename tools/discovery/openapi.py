@@ -203,6 +203,7 @@ def convert_document(doc: Mapping, port: int | None, source: str) -> Conversion:
     prefix = _swagger_prefix(doc) if swagger else _openapi_prefix(doc)
     out = Conversion(version=version, prefix=prefix)
     no_responses: list[str] = []
+    operation_ids = _operation_ids(doc, resolver, prefix)
     for raw_path, item in doc["paths"].items():
         raw_path = str(raw_path)
         if not raw_path.startswith("/"):
@@ -219,8 +220,50 @@ def convert_document(doc: Mapping, port: int | None, source: str) -> Conversion:
             if not isinstance(operation.get("responses"), Mapping):
                 no_responses.append(f"{method} {path}")
             _convert_operation(out, resolver, doc, path, method, operation, shared, port, swagger)
+            if out.routes and (out.routes[-1].path, out.routes[-1].method) == (path, method) and not swagger:
+                links = _links(resolver, operation, operation_ids, prefix)
+                if links:
+                    out.routes[-1] = replace(out.routes[-1], links=links)
     out.warnings = _defect_warnings(aliases, no_responses, resolver.missing)
     return out
+
+
+def _operation_ids(doc: Mapping, resolver: Resolver, prefix: str) -> dict[str, str]:
+    """operationId -> "METHOD /path" of every operation (links name their target so)."""
+    ids = {}
+    for raw_path, item in doc["paths"].items():
+        item, _ = resolver.deref(item)
+        if not str(raw_path).startswith("/") or not isinstance(item, Mapping):
+            continue
+        for method, operation in _operations(item):
+            operation, _ = resolver.deref(operation)
+            if isinstance(operation, Mapping) and isinstance(operation.get("operationId"), str):
+                ids[operation["operationId"]] = f"{method} {_join(prefix, str(raw_path))}"
+    return ids
+
+
+def _links(resolver: Resolver, operation: Mapping, operation_ids: Mapping[str, str], prefix: str) -> tuple[dict, ...]:
+    """OpenAPI 3 links of the operation's success answer: which operation takes a value of it, and
+    how: ({"to": "METHOD /path", "parameters": {name: "$response.body#/pointer" or a constant}}, ...).
+    --smoke calls the target after this operation, with those values (an id it created, say)."""
+    response, _ = _success_response(resolver, operation)
+    links = response.get("links") if isinstance(response, Mapping) else None
+    out = []
+    for link in (links or {}).values() if isinstance(links, Mapping) else ():
+        link, _ = resolver.deref(link)
+        if not isinstance(link, Mapping) or not isinstance(link.get("parameters"), Mapping):
+            continue
+        target = operation_ids.get(link.get("operationId")) if link.get("operationId") else None
+        ref = link.get("operationRef")
+        if target is None and isinstance(ref, str) and ref.startswith("#/paths/"):
+            raw_path, _, method = ref[len("#/paths/"):].rpartition("/")
+            path = unquote(raw_path).replace("~1", "/").replace("~0", "~")
+            if method.lower() in OPERATION_KEYS and path.startswith("/"):
+                target = f"{method.upper()} {_join(prefix, path)}"
+        if target:
+            params = {str(name): _jsonable(value) for name, value in link["parameters"].items()}
+            out.append({"to": target, "parameters": params})
+    return tuple(out)
 
 
 # Type names that are not JSON Schema's but that real specs use (hand-written Swagger 2.0 above all):

@@ -79,6 +79,8 @@ class Route:
     # Where `example` comes from: "spec" (its examples, defaults, enums), "generated" (some values made
     # up by type: a 4xx to it is "not tried with real input"), "module" (CHUTE_ROUTE_OVERRIDES); None: unknown
     example_source: str | None = None
+    # OpenAPI links of its answer: [{"to": "METHOD /path", "parameters": {name: "$response.body#/id"}}]
+    links: tuple = ()
 
     @property
     def upstream_path(self) -> str:
@@ -113,6 +115,8 @@ class Route:
                 out["example_source"] = self.example_source
         if self.gradio is not None:
             out["gradio"] = self.gradio.to_json()
+        if self.links:
+            out["links"] = [dict(link) for link in self.links]
         return out
 
 
@@ -340,7 +344,19 @@ def parse_route(entry: Any, source: str, index: int, origin: str = "manifest", v
         source=origin,
         gradio=gradio,
         example_source=_example_source(entry, source, index),
+        links=_links(entry.get("links"), source, index),
     )
+
+
+def _links(value: Any, source: str, index: int) -> tuple:
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(
+            isinstance(link, Mapping) and isinstance(link.get("to"), str) and " /" in link["to"]
+            and isinstance(link.get("parameters"), Mapping) for link in value):
+        raise ManifestError(f"{_where(source, index, 'links')}: expected a list of "
+                            "{\"to\": \"METHOD /path\", \"parameters\": {...}}")
+    return tuple({"to": link["to"], "parameters": dict(link["parameters"])} for link in value)
 
 
 EXAMPLE_SOURCES = ("spec", "generated", "module")

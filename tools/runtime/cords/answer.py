@@ -124,8 +124,9 @@ async def send(pool: UpstreamPool, target: Target, outgoing: Outgoing, call: Cal
         kwargs["json"] = outgoing.json_body
     elif outgoing.data is not None:
         kwargs["data"] = outgoing.data
-    if outgoing.headers:
-        kwargs["headers"] = outgoing.headers
+    if outgoing.headers:  # the module's CHUTE_UPSTREAM_HEADERS (the session's) win over a default of ours
+        fixed = {name.lower() for name in pool.headers}
+        kwargs["headers"] = {k: v for k, v in outgoing.headers.items() if not (k == "Accept" and "accept" in fixed)}
     kwargs["timeout"] = aiohttp.ClientTimeout(total=target.timeout, connect=CONNECT_TIMEOUT)
     where = f"{route.method} {outgoing.path}"
     too_slow = f"the service did not answer {where} within {target.timeout:g}s"
