@@ -29,14 +29,20 @@ LOAD_SECONDS = 20  # the model loads this long after the port opens
 MODEL = {"model_name": "slow"}
 INFER = {"inputs": [{"name": "x", "shape": [3], "datatype": "FP32", "data": [1, 2, 3]},
                     {"name": "t", "shape": [2], "datatype": "BYTES", "data": ["ab", "cd"]}]}
-# The module's real calls for the routes of its model (README, "Per-route overrides"); the others
-# keep discovery's made-up model name, which MLServer refuses (smoke: "not tried with real input").
+VERSION = {**MODEL, "model_version": "v1"}
+# The module's real calls for the routes of its model (README, "Per-route overrides"): the spec cannot
+# name the model. Without them smoke fills in a made-up name, which MLServer refuses with 404 ("not
+# tried with real input") on most routes but answers with a 500 on its stream routes (its own bug:
+# on Chutes a caller's wrong model name there fails the instance). The repository's load and unload
+# keep the made-up name: unloading the real model would stop the chute's other calls.
 OVERRIDES = {
-    "POST /v2/models/{model_name}/infer": {"example": {"_path": MODEL, **INFER}},
-    "GET /v2/models/{model_name}": {"example": {"_path": MODEL}},
-    "GET /v2/models/{model_name}/ready": {"example": {"_path": MODEL}},
-    "POST /v2/models/{model_name}/versions/{model_version}/infer": {
-        "example": {"_path": {**MODEL, "model_version": "v1"}, **INFER}},
+    **{f"GET /v2/models/{{model_name}}{tail}": {"example": {"_path": MODEL}} for tail in ("", "/ready", "/docs")},
+    **{f"GET /v2/models/{{model_name}}/versions/{{model_version}}{tail}": {"example": {"_path": VERSION}}
+       for tail in ("", "/ready", "/docs")},
+    **{f"POST /v2/models/{{model_name}}/{step}": {"example": {"_path": MODEL, **INFER}}
+       for step in ("infer", "infer_stream", "generate", "generate_stream")},
+    **{f"POST /v2/models/{{model_name}}/versions/{{model_version}}/{step}": {"example": {"_path": VERSION, **INFER}}
+       for step in ("infer", "infer_stream", "generate", "generate_stream")},
 }
 
 
