@@ -154,3 +154,23 @@ def closed_port() -> int:
     port = sock.getsockname()[1]
     sock.close()
     return port
+
+
+def test_locally_the_service_listens_on_loopback_and_bad_ready_paths_are_module_problems(tmp_path):
+    """--run passes CHUTE_ENV to HOST_COMMAND with bind-everything addresses as 127.0.0.1 (README's Gradio
+    advice would otherwise open the service on every interface), and refuses a HOST_COMMAND that binds
+    0.0.0.0; a SERVICE_READY_PATHS naming no service port is a problem --validate lists."""
+    from tools import deploy_module
+
+    (tmp_path / "deploy_local.py").write_text(
+        "CHUTE_NAME = 'local'\nCHUTE_TAG = 'v1'\nCHUTE_BASE_IMAGE = 'x:y'\nSERVICE_PORTS = [7860]\n"
+        "SERVICE_READY_PATHS = {7861: '/config'}\n"
+        "CHUTE_ENV = {'GRADIO_SERVER_NAME': '0.0.0.0', 'BIND': '[::]:7860', 'MODEL': 'm', 'NET': '10.0.0.0'}\n"
+        "HOST_COMMAND = ['python', 'app.py', '--host=0.0.0.0']\n")
+    module = deploy_module.load(tmp_path / "deploy_local.py", settings_only=True)
+    env, notes = module.local_env()
+    assert env == {"GRADIO_SERVER_NAME": "127.0.0.1", "BIND": "127.0.0.1:7860", "MODEL": "m", "NET": "10.0.0.0"}
+    assert len(notes) == 2 and "GRADIO_SERVER_NAME=0.0.0.0 is GRADIO_SERVER_NAME=127.0.0.1" in notes[0]
+    with pytest.raises(WrapperError, match=r"HOST_COMMAND listens on every interface \(--host=0.0.0.0\)"):
+        module.check_host_command()
+    assert any("SERVICE_READY_PATHS names port(s) 7861, not in SERVICE_PORTS" in p for p in module.problems())
