@@ -76,6 +76,7 @@ def test_smoke_passes_every_function(wrapped):
     loaded = deploy_module.load(module, keep=False)
     results = asyncio.run(run_calls(calls_for(runner.base_url, cords_of(loaded.chute)), Limits(call_timeout=30)))
     print(table(results))
+    print(summary_line(results))
     assert [r.outcome for r in results] == ["ok"] * 7, summary_line(results)  # /health and the six functions
 
 

@@ -66,6 +66,7 @@ def test_smoke_reaches_every_route_template(wrapped):
     calls = calls_for(runner.base_url, cords_of(loaded.chute), loaded.get("CHUTE_ROUTE_OVERRIDES"))
     results = asyncio.run(run_calls(calls, Limits(call_timeout=20)))
     print(table(results))
+    print(summary_line(results))
     by_label = {(r.call.method, r.call.label): r for r in results}
     assert sum(1 for call in calls if call.kind == "catch-all") >= 25
     # what creates runs first: the bucket PUT makes (a made-up id, `1`) is there for the GET that reads it

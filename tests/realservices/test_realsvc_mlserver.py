@@ -129,6 +129,7 @@ def test_smoke_reports_no_failure_and_what_it_could_not_try(wrapped):
     calls = calls_for(wrapped.runner.base_url, cords_of(loaded.chute), loaded.get("CHUTE_ROUTE_OVERRIDES"))
     results = asyncio.run(run_calls(calls, Limits(call_timeout=20)))
     print(table(results))
+    print(summary_line(results))
     assert [r.call.key for r in results if r.outcome in ("failed", "timeout")] == [], summary_line(results)
     by_key = {r.call.key: r for r in results}
     for key in OVERRIDES:
