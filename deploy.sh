@@ -485,7 +485,7 @@ value_or_pick_module() {
     pick_module "$1" || return
     given="${PICKED}"
   fi
-  PICKED="$(locate_module "${given}")" || exit 1
+  PICKED="$(locate_module "${given}")" || exit # 1, or 2 for a name no file can have
 }
 
 # Usage: value_or_pick_remote KIND PURPOSE — VALUE (or the positional for --keep-warm), else picked.

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 from loguru import logger
 
-from tools.runtime.sdk.chute import apply_plan, module_cords, resource, used_names
+from tools.runtime.sdk.chute import add_cord, apply_plan, module_cords, resource, used_names
 from tools.runtime.constants import (
     DEFAULT_SERVICE_PORTS, DEFAULT_SERVICE_TIMEOUT, PORT_MAX, PORT_MIN, SKIP_REGISTRATION_ENV, env_flag, is_port,
 )
@@ -120,29 +120,31 @@ def add_health_cord(
 
     Live: the port accepts connections. Ready: also its readiness path answers 2xx (`ready_paths` as
     for attach_service: SERVICE_READY_PATHS, else what discovery found). "healthy" means ready.
-    """
+    Answered like every cord of ours (a caller's `?stream=1` gets the report as a stream, never an
+    instance failure)."""
+    from tools.runtime.cords.handler import json_handler
     from tools.runtime.image import caller_file
 
     ports = [int(port) for port in ports]
     paths = resolve_ready_paths(ports, ready_paths, caller_file())
 
-    async def health(self) -> dict:
-        states = await asyncio.gather(*(service_state(port, paths.get(port), timeout=timeout) for port in ports))
-        live = {str(port): error or "ok" for port, (error, _) in zip(ports, states)}
-        ready = {str(port): error or "ok" for port, (_, error) in zip(ports, states)}
-        is_live = all(v == "ok" for v in live.values())
-        is_ready = all(v == "ok" for v in ready.values())
-        return {"status": "healthy" if is_ready else "unhealthy", "live": is_live, "ready": is_ready,
-                "ports": live, "readiness": ready}
+    async def health() -> dict:
+        return await health_report(ports, paths, timeout)
 
-    health.__name__ = health.__qualname__ = function_name
-    return chute.cord(
-        path=f"/{function_name}",
-        public_api_path=public_path,
-        public_api_method="GET",
-        method="GET",
-        output_content_type="application/json",
-    )(health)
+    return add_cord(chute, path=f"/{function_name}", public_path=public_path, method="GET",
+                    function_name=function_name, handler=json_handler(health))
+
+
+async def health_report(ports: Sequence[int], ready_paths: Mapping[int, str] | None = None, timeout: float = 5) -> dict:
+    """What the health cord answers (add_health_cord): each port's liveness and readiness."""
+    paths = dict(ready_paths or {})
+    states = await asyncio.gather(*(service_state(port, paths.get(port), timeout=timeout) for port in ports))
+    live = {str(port): error or "ok" for port, (error, _) in zip(ports, states)}
+    ready = {str(port): error or "ok" for port, (_, error) in zip(ports, states)}
+    is_live = all(v == "ok" for v in live.values())
+    is_ready = all(v == "ok" for v in ready.values())
+    return {"status": "healthy" if is_ready else "unhealthy", "live": is_live, "ready": is_ready,
+            "ports": live, "readiness": ready}
 
 
 # --------------------------------------------------------------------------------------------------

@@ -10,13 +10,12 @@ import socket
 
 import pytest
 from aiohttp import web
-from chutes.chute import Chute
 
 from tools import chute_wrappers as cw
 from tools.runtime.errors import ManifestError, ServiceError, WrapperError
 from tools.runtime.launcher import resolve_ready_paths
 from tools.runtime.routes import Manifest, Route, parse_manifest, write_manifest
-from tools.runtime.sdk.chute import cord_views, startup_hooks
+from tools.runtime.sdk.chute import startup_hooks
 
 LIMIT_S = 60  # only a hang reaches it
 
@@ -81,24 +80,19 @@ async def test_without_a_path_an_open_port_is_ready():
         assert errors == [f"port {service.port}: GET /ready answered 503 'model still loading'"]
 
 
-async def test_health_cord_reports_liveness_and_readiness_apart():
+async def test_health_reports_liveness_and_readiness_apart():
+    """What the /health cord answers (tests/platform and tests/integration call the cord itself)."""
     async with LoadingService() as service:
         dead = closed_port()
-        chute = Chute(username="tester", name="unit", image="unused")
-        cw.add_health_cord(chute, [service.port, dead], ready_paths={service.port: "/ready"})
-        health = cord_views(chute)[-1].function
-        report = await health(None)
+        paths = {service.port: "/ready"}
+        report = await cw.health_report([service.port, dead], paths)
         assert report["status"] == "unhealthy" and report["live"] is False and report["ready"] is False
         assert report["ports"][str(service.port)] == "ok" and str(dead) in report["ports"][str(dead)]
         assert "503" in report["readiness"][str(service.port)]
         service.ready.set()
-        report = await health(None)
+        report = await cw.health_report([service.port, dead], paths)
         assert report["readiness"][str(service.port)] == "ok" and report["live"] is False
-    chute = Chute(username="tester", name="unit", image="unused")
-    async with LoadingService() as service:
-        service.ready.set()
-        cw.add_health_cord(chute, [service.port], ready_paths={service.port: "/ready"})
-        report = await cord_views(chute)[-1].function(None)
+        report = await cw.health_report([service.port], paths)
     assert report == {"status": "healthy", "live": True, "ready": True, "ports": {str(service.port): "ok"},
                       "readiness": {str(service.port): "ok"}}
 

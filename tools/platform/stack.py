@@ -193,6 +193,7 @@ def start_platform(
     log: Any = None,
     echo: bool = False,
     stop: threading.Event | None = None,
+    gateway_options: tuple[str, ...] = (),
 ) -> Iterator[Platform]:
     """Start `python -m tools.runtime.sdk.node MODULE_REF` (in `directory`) and the gateway in front of it.
 
@@ -200,7 +201,8 @@ def start_platform(
     `Platform` once the gateway answers, stops both on the way out. `cords` defaults to the module
     itself; `log` (a binary file) receives both processes' output, `echo` prints it with a
     [node]/[gateway] prefix; `stop` ends the wait early. Raises ServiceError if either exits or does
-    not answer within `timeout`.
+    not answer within `timeout`. `gateway_options` go on the gateway's command line (tests:
+    `--disable-seconds 1`).
     """
     key = PlatformKey.generate()
     base_env = chute_environment(env, key)
@@ -215,7 +217,8 @@ def start_platform(
         platform.children.append(node)
         # The node listens only after the chute's startup hooks (its service is up).
         wait_until(lambda: http_answers(node_url + "/"), node, timeout, "the node", stop)
-        gateway, platform.url = start_gateway(node_url, cords or module_ref, directory, base_env, port, echo=echo, log=log)
+        gateway, platform.url = start_gateway(node_url, cords or module_ref, directory, base_env, port, echo=echo, log=log,
+                                              options=gateway_options)
         platform.children.append(gateway)
         wait_until(lambda: http_answers(platform.url + STATS_PATH), gateway, timeout, "the gateway", stop)
         yield platform
@@ -224,7 +227,8 @@ def start_platform(
 
 
 def start_gateway(node_url: str, cords: str, directory: str | os.PathLike, env: dict[str, str], port: int = 0, *,
-                  echo: bool = False, log: Any = None, source_address: str | None = None) -> tuple[Child, str]:
+                  echo: bool = False, log: Any = None, source_address: str | None = None,
+                  options: tuple[str, ...] = ()) -> tuple[Child, str]:
     """The gateway as a child process in front of `node_url` (a node on this machine or in a
     container); `env` from `chute_environment` with the node's key. Returns the child and the URL
     callers call.
@@ -237,6 +241,7 @@ def start_gateway(node_url: str, cords: str, directory: str | os.PathLike, env: 
     argv = [sys.executable, "-m", "tools.platform.gateway", "--chute-url", node_url, "--cords", cords, "--port", str(port)]
     if source_address is not None:
         argv += ["--source-address", source_address]
+    argv += list(options)
     return Child("gateway", argv, env, directory, echo=echo, log=log), f"http://127.0.0.1:{port}"
 
 
