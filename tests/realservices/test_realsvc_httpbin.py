@@ -23,6 +23,10 @@ OVERRIDES = {
     # /status/{codes} answers the status it is given: the made-up `1` would be httpbin's own 500
     **{f"{method} /status/{{codes}}": {"example": {"_path": {"codes": 200}}}
        for method in ("GET", "POST", "PUT", "PATCH", "DELETE")},
+    # flasgger documents /redirect-to's `url` for GET only: without it the redirect leads nowhere (the
+    # cord follows redirects on the service, keeping the method: DELETE to /delete, PATCH to /patch)
+    "DELETE /redirect-to": {"example": {"url": "/delete"}},
+    "PATCH /redirect-to": {"example": {"_query": {"url": "/patch"}}},
 }
 # httpbin's /bearer wants a token the callers cannot send on Chutes: the module adds it from the
 # chute's environment (a Chutes secret there).
