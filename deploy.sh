@@ -327,7 +327,7 @@ venv_python() {
 # Usage: tool MODULE ARGS... — run python -m tools.MODULE in the venv.
 tool() {
   local python
-  python="$(venv_python)"
+  python="$(venv_python)" || return 1
   "${python}" -m "tools.$1" "${@:2}"
 }
 
@@ -336,7 +336,7 @@ tool() {
 # runner) then reaches the tool, which cleans up (containers, children) instead of running on orphaned.
 exec_tool() {
   local python
-  python="$(venv_python)"
+  python="$(venv_python)" || exit 1
   exec "${python}" -m "tools.$1" "${@:2}"
 }
 

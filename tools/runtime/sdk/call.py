@@ -22,6 +22,7 @@ call from 127.0.0.1 that the middleware let through, the answer is plain HTTP as
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import re
@@ -133,7 +134,7 @@ class Answer:
         return cls(status, "application/json", [("content-type", "application/json"), *(headers or [])], body)
 
 
-async def reply(call: Call | None, answer: Answer) -> "Response | dict":
+async def reply(call: Call | None, answer: Answer) -> "Response":
     """`answer` as this call's wire form (the module docstring); never raises."""
     if answer.status >= 400 or call is None or call.encrypt is None:
         return _http(answer)
@@ -149,11 +150,40 @@ async def reply(call: Call | None, answer: Answer) -> "Response | dict":
             body = b"".join([chunk async for chunk in answer.chunks])
         except UpstreamBroke as exc:
             return _http(Answer.json({"detail": str(exc)}, exc.status))
+    return await off_loop(len(body), _envelope, call.encrypt, answer, body)
+
+
+# On a node every answer is sealed by the SDK's `request.state._encrypt` (GraValMiddleware: gzip at level
+# 9, the session's encryption, base64). gzip -9's cost depends on the data more than on its size: float
+# JSON and quantized (bf16) audio cost it tens of ms per 100 KB, 200 ms per MB of float JSON (bench/seal).
+# On the event loop that served a node's big answers one at a time (issue 20); from SEAL_IN_THREAD_BYTES
+# on, sealing runs in a thread (zlib releases the GIL), so the loop keeps serving the chute's other calls
+# and concurrent answers are sealed in parallel, and the envelope is rendered to bytes there (orjson),
+# not by FastAPI's encoder on the loop.
+SEAL_IN_THREAD_BYTES = 16 << 10
+
+
+async def off_loop(size: int, func: Callable[..., Any], *args: Any) -> Any:
+    """`func(*args)`, in a thread when `size` (the bytes it seals) reaches SEAL_IN_THREAD_BYTES."""
+    if size < SEAL_IN_THREAD_BYTES:
+        return func(*args)
+    return await asyncio.to_thread(func, *args)
+
+
+def _envelope(encrypt: Callable[[Any], str], answer: Answer, body: bytes) -> "Response":
+    """A whole answer sealed for the gateway and rendered: {"json": enc} for one JSON document the
+    gateway re-serialises unchanged (it parses it and answers it as JSON), else the Response envelope
+    the SDK's own cords give on a node (the gateway answers the body with its media type)."""
+    import orjson
+    from starlette.responses import Response
+
     media_type = answer.media_type
     if (media_type or "").startswith("application/json") and gateway_reads_json(body):
-        return {"json": call.encrypt(body)}  # the gateway parses it and answers it as JSON
-    return {"type": "Response", "status_code": answer.status, "headers": dict(answer.headers),
-            "media_type": media_type, "body": call.encrypt(body)}
+        envelope: dict[str, Any] = {"json": encrypt(body)}
+    else:
+        envelope = {"type": "Response", "status_code": answer.status, "headers": dict(answer.headers),
+                    "media_type": media_type, "body": encrypt(body)}
+    return Response(orjson.dumps(envelope), media_type="application/json")
 
 
 def _http(answer: Answer) -> "Response":
@@ -228,19 +258,19 @@ async def _lines(chunks: AsyncIterator[bytes], text: bool, encrypt: Callable[[An
             piece, pending = pending[:cut], pending[cut:]
             if piece:
                 sent = True
-                yield (encrypt(piece.decode("utf-8", "replace")) + "\n").encode()
+                yield (await off_loop(len(piece), encrypt, piece.decode("utf-8", "replace")) + "\n").encode()
         else:
             cut = len(pending) - len(pending) % 3
             piece, pending = pending[:cut], pending[cut:]
             if piece:
                 sent = True
-                yield (encrypt(base64.b64encode(piece).decode()) + "\n").encode()
+                yield (await off_loop(len(piece), encrypt, base64.b64encode(piece).decode()) + "\n").encode()
     if pending or not sent:
         # An empty answer (a 204, an empty body) still sends one line: the gateway answers a stream
         # without a first line 500 "Unhandled error generating response" (router.py:716-720), one
         # empty line as an empty 200.
         tail = pending.decode("utf-8", "replace") if text else base64.b64encode(pending).decode()
-        yield (encrypt(tail) + "\n").encode()
+        yield (await off_loop(len(tail), encrypt, tail) + "\n").encode()
 
 
 # --------------------------------------------------------------------------------------------------
