@@ -40,9 +40,10 @@ SERVICE_PORTS = parse_service_ports(os.environ.get("CHUTE_PORTS", "8020"))
 
 # Per port, the path that answers 2xx once the service can take calls: the chute serves nothing
 # before that (a model server opens its port long before its model is loaded, and a call sent then
-# fails the instance on Chutes). Ports left out take what discovery found (the manifest's
-# "ready_paths"); None: the open port is enough. /health cord reports readiness and liveness apart.
-SERVICE_READY_PATHS = {SERVICE_PORTS[0]: "/health"}
+# fails the instance on Chutes), e.g. {8080: "/health"}. Ports left out take what discovery found (the
+# manifest's "ready_paths": the demo's /health); None: the open port is enough. The /health cord
+# reports readiness and liveness apart.
+SERVICE_READY_PATHS = {}
 
 # Environment for the service: baked into the image, and passed to the container during discovery.
 # For `./deploy.sh --run` HOST_COMMAND gets it too, with 0.0.0.0 as 127.0.0.1 (loopback only locally).
