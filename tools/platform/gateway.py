@@ -16,6 +16,8 @@ are gzipped before encryption (`_encrypt`). The crypto itself is the stand-in of
 Deliberate differences: no authentication, billing, quotas or trace chunks; one instance (so the
 API's retry on "other instances" finds none, as it would for a chute with one instance); a pooled
 client where the API opens one session per call. Failures are counted (`GET /_gateway/stats`).
+What it serves for the developer besides the cords (the chute's API document, its docs page, metrics)
+is tools/platform/front_door.py.
 
   python -m tools.platform.gateway --chute-url http://127.0.0.1:8000 --cords deploy_example:chute --port 8080
 """
@@ -28,6 +30,7 @@ import contextlib
 import contextvars
 import json
 import os
+import socket
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
@@ -44,6 +47,8 @@ from starlette.routing import Route
 from tools.runtime.constants import port_argument
 from tools.runtime.errors import InstanceFailure, InstanceRateLimit, MinerBadRequest, WrapperError, run_cli
 from tools import deploy_module
+from tools.platform.front_door import front_door
+from tools.platform.metrics import GatewayMetrics
 from tools.runtime.sdk.chute import cord_records, unwrap
 from tools.runtime.sdk.node import GATEWAY_SOURCE_ADDRESS, PlatformKey
 
@@ -70,11 +75,12 @@ class ChuteRecord:
     cords: list[dict[str, Any]]
     concurrency: int = 1
     standard_template: str | None = None
+    chute: Any = field(default=None, repr=False, compare=False)  # when read from a module: its plan, for the front door
 
     @classmethod
     def of(cls, chute: Any) -> "ChuteRecord":
         chute = unwrap(chute)
-        return cls(cord_records(chute), int(chute.concurrency or 1), getattr(chute, "standard_template", None))
+        return cls(cord_records(chute), int(chute.concurrency or 1), getattr(chute, "standard_template", None), chute)
 
 
 def load_record(spec: str, directory: str | os.PathLike | None = None) -> ChuteRecord:
@@ -146,6 +152,8 @@ class Gateway:
     source_address: str | None = GATEWAY_SOURCE_ADDRESS
     stats: Stats = field(default_factory=Stats)
     observers: list[Callable[[CallRecord], None]] = field(default_factory=list)
+    extra_routes: list[Any] = field(default_factory=list)  # the front door's pages, before the invocation route
+    node_wait: float = 0.0  # seconds to wait at startup for the node to answer, before taking any call
     _session: aiohttp.ClientSession | None = None
 
     # -- the miner session -------------------------------------------------------------------------
@@ -166,6 +174,18 @@ class Gateway:
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
+
+    async def wait_for_node(self, timeout: float) -> None:
+        """Until the node answers anything over HTTP (its startup hooks are done), or WrapperError."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                async with (await self.session()).get("/", timeout=aiohttp.ClientTimeout(total=1)):
+                    return
+            except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
+                if time.monotonic() > deadline:
+                    raise WrapperError(f"the node at {self.chute_url} did not answer within {timeout:g}s") from None
+                await asyncio.sleep(0.05)
 
     def _failed(self, reason: str) -> None:
         self.stats.instance_failures += 1
@@ -416,12 +436,15 @@ class Gateway:
 
         @contextlib.asynccontextmanager
         async def lifespan(_: Starlette) -> AsyncIterator[None]:
+            if self.node_wait:
+                await self.wait_for_node(self.node_wait)  # no call is taken before the node can serve it
             yield
             await self.close()
 
         return Starlette(
             routes=[
                 Route(STATS_PATH, stats, methods=["GET"]),
+                *self.extra_routes,
                 Route("/{path:path}", self.observed, methods=METHODS),
             ],
             lifespan=lifespan,
@@ -435,6 +458,8 @@ class GatewayConfig:
     host: str = "127.0.0.1"
     port: int = 8080
     source_address: str | None = GATEWAY_SOURCE_ADDRESS
+    fd: int | None = None  # also serve on this inherited listening socket (callers' port held by --run --reload)
+    wait_for_node: float = 0.0
 
 
 def serve(config: GatewayConfig, key: PlatformKey) -> None:
@@ -443,9 +468,24 @@ def serve(config: GatewayConfig, key: PlatformKey) -> None:
 
     if config.source_address == "127.0.0.1":
         raise WrapperError("--source-address 127.0.0.1 would bypass the node's GraValMiddleware", "use 127.0.0.2")
-    gateway = Gateway(load_record(config.cords), config.chute_url.rstrip("/"), key, config.source_address)
+    record = load_record(config.cords)
+    gateway = Gateway(record, config.chute_url.rstrip("/"), key, config.source_address, node_wait=config.wait_for_node)
     gateway.observers.append(lambda call: print(call.line(), flush=True))  # one line per call in --run's log
-    uvicorn.run(gateway.app(), host=config.host, port=config.port, log_level="warning", lifespan="on")
+    metrics = GatewayMetrics([(cord.get("public_api_method") or "POST", cord["public_api_path"])
+                              for cord in record.cords if cord.get("public_api_path")],
+                             in_flight=lambda: gateway.stats.in_flight)
+    gateway.observers.append(metrics.observe)
+    routes, warnings = front_door(record.chute, metrics, reserved=(STATS_PATH,))
+    gateway.extra_routes += routes
+    for warning in warnings:
+        print(f"warning: {warning}", flush=True)
+    try:
+        sockets = [socket.create_server((config.host, config.port))]
+    except OSError as exc:
+        raise WrapperError(f"cannot listen on {config.host}:{config.port}: {exc.strerror or exc}") from None
+    if config.fd is not None:
+        sockets.append(socket.socket(fileno=config.fd))
+    uvicorn.Server(uvicorn.Config(gateway.app(), log_level="warning", lifespan="on")).run(sockets=sockets)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -456,8 +496,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=port_argument, default=8080)
     parser.add_argument("--source-address", default=GATEWAY_SOURCE_ADDRESS,
                         help="local address to call the node from (never 127.0.0.1; '' for any)")
+    parser.add_argument("--fd", type=int, default=None,
+                        help="also take calls on this inherited listening socket (the callers' port of --run --reload)")
+    parser.add_argument("--wait-for-node", type=float, default=0.0,
+                        help="seconds to wait for the node to answer before taking calls (default 0: do not wait)")
     args = parser.parse_args(argv)
-    config = GatewayConfig(args.chute_url, args.cords, args.host, args.port, args.source_address or None)
+    config = GatewayConfig(args.chute_url, args.cords, args.host, args.port, args.source_address or None,
+                           args.fd, args.wait_for_node)
     run_cli(lambda: serve(config, PlatformKey.from_env()), prog="gateway")
 
 
