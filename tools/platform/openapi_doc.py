@@ -13,7 +13,6 @@ upstream headers are not part of the plan's views.
 
 from __future__ import annotations
 
-import copy
 import json
 import re
 from typing import Any, Iterable
@@ -194,9 +193,9 @@ def _module_operation(view: CordView, schemas: dict[str, Any]) -> dict:
 
 
 def _add_stream_key(schema: dict, streams: bool) -> None:
+    if "$ref" in schema or schema.get("additionalProperties") is False or STREAM_KEY in schema.get("properties", {}):
+        return  # a model of the module's own, or a closed set of arguments: their own business
     properties = schema.setdefault("properties", {})
-    if STREAM_KEY in properties or schema.get("additionalProperties") is False:
-        return
     properties[STREAM_KEY] = {
         "type": "boolean",
         "description": "This route always streams." if streams else
@@ -252,25 +251,26 @@ def _value_schema(value: Any) -> dict:
 
 
 def _sdk_schema(raw: Any, name: str, schemas: dict[str, Any]) -> dict:
-    """A module cord's arguments as the SDK describes them (pydantic's JSON Schema, its definitions moved
-    into the document's components); the SDK's generic {args, kwargs} means any JSON object."""
-    if not isinstance(raw, dict) or set(raw.get("properties") or {}) <= {"args", "kwargs"}:
+    """A module cord's body as the SDK takes it: the SDK hands the caller's JSON to the cord function as
+    its one argument (chutes/chute/cord.py `_request_handler`: `args = [decrypted]`), so the body is the
+    schema of that argument (pydantic's, its definitions moved into the document's components); any
+    JSON object when the SDK knows nothing of it (no argument, or its generic {args, kwargs})."""
+    properties = raw.get("properties") if isinstance(raw, dict) else None
+    if not properties or len(properties) != 1 or set(properties) <= {"args", "kwargs"} and not any(
+            isinstance(value, dict) and value for value in properties.values()):
         return {"type": "object", "additionalProperties": True}
-    schema = copy.deepcopy(raw)
     prefix = re.sub(r"[^A-Za-z0-9]", "_", name) + "_"
+
+    def moved(node: Any) -> Any:
+        text = re.sub(r'"#/(?:definitions|\$defs)/([^"]+)"',
+                      lambda m: json.dumps(f"#/components/schemas/{prefix}{m.group(1)}"), json.dumps(node))
+        return json.loads(text)
+
     for key in ("definitions", "$defs"):
-        for def_name, definition in (schema.pop(key, None) or {}).items():
-            schemas[prefix + def_name] = definition
-    text = re.sub(r'"#/(?:definitions|\$defs)/([^"]+)"', lambda m: json.dumps(f"#/components/schemas/{prefix}{m.group(1)}"),
-                  json.dumps(schema))
-    for def_name in [k for k in schemas if k.startswith(prefix)]:
-        schemas[def_name] = json.loads(re.sub(r'"#/(?:definitions|\$defs)/([^"]+)"',
-                                              lambda m: json.dumps(f"#/components/schemas/{prefix}{m.group(1)}"),
-                                              json.dumps(schemas[def_name])))
-    schema = json.loads(text)
-    if not schema.get("required"):
-        schema.pop("required", None)
-    return schema
+        for def_name, definition in (raw.get(key) or {}).items():
+            schemas[prefix + def_name] = moved(definition)
+    (argument,) = properties.values()
+    return moved(argument) or {"type": "object", "additionalProperties": True}
 
 
 def document_paths(document: dict) -> Iterable[tuple[str, str]]:

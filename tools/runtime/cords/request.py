@@ -386,8 +386,12 @@ class GradioKind(RequestKind):
         if function is not None and function.generator:
             properties["stream"] = {"type": "boolean", "description": "true: the items the function yields, "
                                     "as server-sent events; else its final value."}
+        # an example only when the app gave one for every argument without a default (and no file is required)
+        example = {p.name: p.example for p in (function.parameters if function else ()) if p.example is not None
+                   and not p.is_file}
+        complete = all(p.name in example for p in (function.parameters if function else ()) if not p.has_default)
         schema = _object(properties, "The function's named arguments (omitted ones take the app's defaults; "
-                         "files as `<name>_base64`).", route.example, extra=False)
+                         "files as `<name>_base64`).", example if complete else None, extra=False)
         if required:
             schema["required"] = required
         return schema
