@@ -114,7 +114,7 @@ def test_the_plans_description_covers_every_kind_of_cord():
 def test_a_childs_failure_is_told_in_its_own_one_line_error():
     exc = ServiceError("gateway exited with status 1; last output:\n[x] noise\n"
                        "gateway: error: cannot import deploy_x.py: NameError: name 'y' is not defined")
-    assert one_line(exc) == "gateway: error: cannot import deploy_x.py: NameError: name 'y' is not defined"
+    assert one_line(exc) == "cannot import deploy_x.py: NameError: name 'y' is not defined"
     assert one_line(ServiceError("the node did not answer within 5s")) == "the node did not answer within 5s"
 
 

@@ -25,7 +25,7 @@ import socket
 import sys
 import threading
 from dataclasses import dataclass
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 from tools import deploy_module
 from tools.cord_table import Cord, chutes_url, cords_of
@@ -202,6 +202,8 @@ def start_platform(
     stop: threading.Event | None = None,
     listen: socket.socket | None = None,
     verbose: bool = True,
+    key: PlatformKey | None = None,
+    spawn: Callable[..., Child] = Child,
 ) -> Iterator[Platform]:
     """Start `python -m tools.runtime.sdk.node MODULE_REF` (in `directory`) and the gateway in front of it.
 
@@ -210,17 +212,18 @@ def start_platform(
     itself; `log` (a binary file) receives both processes' output, `echo` prints it with a
     [node]/[gateway] prefix (without the SDK's chatter unless `verbose`); `stop` ends the wait early.
     With `listen`, the gateway starts beside the node at once and takes calls on that socket when the
-    node answers (`port` is then the gateway's own). Raises ServiceError if either exits or does not
-    answer within `timeout`.
+    node answers (`port` is then the gateway's own). `key` and `spawn` (how a child is started, by
+    default a new `Child`) let --reload hand over processes it started in advance. Raises ServiceError
+    if either exits or does not answer within `timeout`.
     """
-    key = PlatformKey.generate()
+    key = key or PlatformKey.generate()
     base_env = chute_environment(env, key)
     node_port = node_port or free_port()
     node_url = f"http://127.0.0.1:{node_port}"
     platform = Platform("", node_url, key, [])
     stop = stop or threading.Event()
     try:
-        node = Child("node", [sys.executable, "-m", "tools.runtime.sdk.node", module_ref, "--host", "127.0.0.1",
+        node = spawn("node", [sys.executable, "-m", "tools.runtime.sdk.node", module_ref, "--host", "127.0.0.1",
                               "--port", str(node_port), "--logging-port", str(logging_port or free_port())],
                      base_env, directory, echo=echo, log=log, show=None if verbose else SdkChatter())
         platform.children.append(node)
@@ -232,7 +235,8 @@ def start_platform(
             platform.control_url = platform.url
         else:
             gateway, platform.control_url = start_gateway(node_url, cords or module_ref, directory, base_env, port,
-                                                          echo=echo, log=log, listen=listen, node_wait=timeout)
+                                                          echo=echo, log=log, listen=listen, node_wait=timeout,
+                                                          spawn=spawn)
             platform.url = "http://127.0.0.1:%d" % listen.getsockname()[1]
         platform.children.append(gateway)
         wait_until(lambda: http_answers(platform.control_url + STATS_PATH), gateway, timeout, "the gateway", stop,
@@ -244,7 +248,8 @@ def start_platform(
 
 def start_gateway(node_url: str, cords: str, directory: str | os.PathLike, env: dict[str, str], port: int = 0, *,
                   echo: bool = False, log: Any = None, source_address: str | None = None,
-                  listen: socket.socket | None = None, node_wait: float = 0.0) -> tuple[Child, str]:
+                  listen: socket.socket | None = None, node_wait: float = 0.0,
+                  spawn: Callable[..., Child] = Child) -> tuple[Child, str]:
     """The gateway as a child process in front of `node_url` (a node on this machine or in a
     container); `env` from `chute_environment` with the node's key. Returns the child and the URL
     callers call (with `listen`: the gateway's own port; callers call the socket's).
@@ -261,7 +266,7 @@ def start_gateway(node_url: str, cords: str, directory: str | os.PathLike, env: 
     if listen is not None:
         fds = (listen.fileno(),)
         argv += ["--fd", str(fds[0]), "--wait-for-node", f"{node_wait:g}"]
-    return Child("gateway", argv, env, directory, echo=echo, log=log, pass_fds=fds), f"http://127.0.0.1:{port}"
+    return spawn("gateway", argv, env, directory, echo=echo, log=log, pass_fds=fds), f"http://127.0.0.1:{port}"
 
 
 def add_stack_arguments(parser: argparse.ArgumentParser) -> None:
