@@ -156,3 +156,16 @@ def test_a_server_error_is_passed_on_as_the_service_said_it(httpbin, wrapped):
     direct = httpbin.call("GET", "/status/500")
     through = runner.templated("GET", "/status/500")
     assert_same_answer(direct, through, body="bytes")
+
+
+def test_the_chutes_api_document_is_valid_openapi_with_every_cord(wrapped):
+    """The chute's API document (as the local gateway serves it), read by a real validator."""
+    from tests.support.openapi_check import check_document
+
+    from tests.realservices.conftest import chute_document
+
+    module, runner = wrapped[-2], wrapped[-1]
+    document = chute_document(module, runner)
+    check_document(document)
+    operations = {(method.upper(), path) for path, item in document["paths"].items() for method in item}
+    assert ("POST", "/proxy") in operations and ("GET", "/health") in operations and len(operations) > 5
