@@ -334,7 +334,7 @@ venv_python() {
 # Usage: tool MODULE ARGS... — run python -m tools.MODULE in the venv.
 tool() {
   local python
-  python="$(venv_python)"
+  python="$(venv_python)" || return 1
   "${python}" -m "tools.$1" "${@:2}"
 }
 
@@ -343,7 +343,7 @@ tool() {
 # runner) then reaches the tool, which cleans up (containers, children) instead of running on orphaned.
 exec_tool() {
   local python
-  python="$(venv_python)"
+  python="$(venv_python)" || exit 1
   exec "${python}" -m "tools.$1" "${@:2}"
 }
 
@@ -492,7 +492,7 @@ value_or_pick_module() {
     pick_module "$1" || return
     given="${PICKED}"
   fi
-  PICKED="$(locate_module "${given}")" || exit 1
+  PICKED="$(locate_module "${given}")" || exit # 1, or 2 for a name no file can have
 }
 
 # Usage: value_or_pick_remote KIND PURPOSE — VALUE (or the positional for --keep-warm), else picked.

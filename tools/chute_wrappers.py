@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 from loguru import logger
 
-from tools.runtime.sdk.chute import apply_plan, module_cords, resource, used_names
+from tools.runtime.sdk.chute import add_cord, apply_plan, module_cords, resource, used_names
 from tools.runtime.constants import (
     DEFAULT_SERVICE_PORTS, DEFAULT_SERVICE_TIMEOUT, PORT_MAX, PORT_MIN, SKIP_REGISTRATION_ENV, env_flag, is_port,
 )
@@ -110,22 +110,20 @@ def add_health_cord(
     timeout: float = 5,
     function_name: str = "wrapper_health",
 ):
-    """A GET `/health` cord that reports each service port: {"status", "ports": {port: "ok" | error}}."""
+    """A GET `/health` cord that reports each service port: {"status", "ports": {port: "ok" | error}}.
+    Answered like every cord of ours (a caller's `?stream=1` gets the report as a stream, never an
+    instance failure)."""
+    from tools.runtime.cords.handler import json_handler
+
     ports = [int(port) for port in ports]
 
-    async def health(self) -> dict:
+    async def health() -> dict:
         results = await asyncio.gather(*(port_open("127.0.0.1", port, timeout) for port in ports))
         report = {str(port): error or "ok" for port, error in zip(ports, results)}
         return {"status": "healthy" if all(v == "ok" for v in report.values()) else "unhealthy", "ports": report}
 
-    health.__name__ = health.__qualname__ = function_name
-    return chute.cord(
-        path=f"/{function_name}",
-        public_api_path=public_path,
-        public_api_method="GET",
-        method="GET",
-        output_content_type="application/json",
-    )(health)
+    return add_cord(chute, path=f"/{function_name}", public_path=public_path, method="GET",
+                    function_name=function_name, handler=json_handler(health))
 
 
 # --------------------------------------------------------------------------------------------------

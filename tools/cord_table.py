@@ -125,4 +125,7 @@ def cord_table(base_url: str, cords: list[Cord], public_url: str | None = None) 
         lines.append(f"         {curl_line(base_url, cord)}")
         if public_url:
             lines.append(f"         on Chutes: {curl_line(public_url, cord, auth=True)}")
+        if cord.route is not None and cord.route.response_headers:
+            lines.append(f"         (on Chutes without its header(s) {', '.join(cord.route.response_headers)}: "
+                         "only the media type reaches callers)")
     return "\n".join(lines)

@@ -25,7 +25,7 @@ from types import ModuleType
 from typing import Any, Iterator
 
 from tools.runtime.constants import PORT_MAX, PORT_MIN, SKIP_REGISTRATION_ENV, is_port
-from tools.runtime.errors import ManifestError, WrapperError, run_cli
+from tools.runtime.errors import ManifestError, UsageError, WrapperError, run_cli
 from tools.runtime.routes import manifest_path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,12 +44,21 @@ def locate(arg: str, cwd: Path | None = None) -> Path:
         candidates = [ROOT / raw, cwd / raw]
     name = raw.stem
     if not MODULE_NAME_RE.match(name):
-        raise WrapperError(f"{arg!r} is not a deploy module name", NAME_HINT)
+        raise UsageError(f"{_shown(arg)} is not a deploy module name", NAME_HINT)
     for candidate in candidates:
-        if candidate.is_file():
-            return candidate.resolve()
+        try:
+            if candidate.is_file():
+                return candidate.resolve()
+        except OSError as exc:  # ENAMETOOLONG: no file system holds a name (or path) that long
+            raise UsageError(f"{_shown(arg)} ({len(arg)} characters) cannot name a file here: {exc.strerror}",
+                             NAME_HINT) from None
     where = " or ".join(sorted({str(c.parent) for c in candidates}))
     raise WrapperError(f"no deploy module {raw.name} in {where}", "copy deploy_example.py to start one")
+
+
+def _shown(arg: str, limit: int = 60) -> str:
+    """`arg` quoted for an error line, cut short when it is long."""
+    return repr(arg) if len(arg) <= limit else repr(arg[:limit]) + "..."
 
 
 @contextlib.contextmanager

@@ -136,12 +136,15 @@ def test_chutes_and_our_tools_import_from_app(podman, image):
 
 
 def test_project_files_are_in_app_without_host_bytecode(podman, image):
-    proc = run(podman, image, "sh", "-c", "ls /app /app/tools")
+    proc = run(podman, image, "sh", "-c", "cd /app && find . -path ./.cache -prune -o -print | sort")
     assert proc.returncode == 0, proc.stderr
-    listing = proc.stdout.split()
-    for name in ("deploy_cwtest.py", "deploy_cwtest.routes.json", "wrapper_image.py", "__init__.py"):
+    listing = set(proc.stdout.split())
+    for name in ("./deploy_cwtest.py", "./deploy_cwtest.routes.json", "./tools/__init__.py", "./tools/chute_wrappers.py",
+                 "./tools/runtime/image.py", "./tools/runtime/cords/handler.py", "./tools/runtime/sdk/node.py"):
         assert name in listing
-    assert "__pycache__" not in listing
+    # the runtime package keeps its tree; nothing of the developer's machine rides along, no host bytecode
+    assert not any("__pycache__" in path for path in listing)
+    assert not any(path.startswith(("./tools/commands", "./tools/platform", "./tools/discovery")) for path in listing)
 
 
 def test_base_workdir_and_path_are_recorded(podman, image):

@@ -207,9 +207,11 @@ async def test_on_a_node_answers_are_the_envelopes_the_gateway_decodes(gradio_mo
     whole, lines_call = Call(None, [], encrypt=cipher), Call(None, [], encrypt=cipher, stream=True)
     fns = {r.path: r.gradio for r in read_manifest_file(gradio_module / "deploy_gradioapp.routes.json").routes}
     async with aiohttp.ClientSession() as session:
-        greeting = await reply(whole, await call_function(session, gradio_app.port, fns["/greet"], {"name": "Ada"}, 30))
+        answer = await reply(whole, await call_function(session, gradio_app.port, fns["/greet"], {"name": "Ada"}, 30))
+        greeting = json.loads(answer.body)  # the envelope, rendered as the gateway reads it
         assert json.loads(decipher(greeting["json"])) == "Hello, Ada!"
-        report = await reply(whole, await call_function(session, gradio_app.port, fns["/make_file"], {"text": "Q4"}, 30))
+        answer = await reply(whole, await call_function(session, gradio_app.port, fns["/make_file"], {"text": "Q4"}, 30))
+        report = json.loads(answer.body)
         assert decipher(report["body"]) == "report for Q4\n" and report["media_type"].startswith("text/plain")
         streamed = await reply(lines_call, await call_function(session, gradio_app.port, fns["/count"],
                                                                {"n": 2, "stream": True}, 30))

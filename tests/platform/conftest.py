@@ -38,14 +38,15 @@ def demo_service(tmp: Path) -> Iterator[str]:
 
 @contextlib.contextmanager
 def platform_for(module_ref: str, directory: Path, service_url: str, tmp: Path, cords: str | None = None,
-                 **env: str) -> Iterator[Platform]:
+                 gateway_options: tuple[str, ...] = (), **env: str) -> Iterator[Platform]:
     """The module's chute on the node runner and the gateway, the service already running."""
     port = service_url.rsplit(":", 1)[1]
     environ = dict(os.environ, CHUTE_PORTS=port, CHUTES_SERVICE_EXTERNAL="1", **env)
     log_path = tmp / "platform.log"
     with open(log_path, "ab") as log:
         try:
-            with start_platform(module_ref, directory, env=environ, cords=cords, log=log, timeout=90) as platform:
+            with start_platform(module_ref, directory, env=environ, cords=cords, log=log, timeout=90,
+                                gateway_options=gateway_options) as platform:
                 yield platform
         except ServiceError as exc:
             raise AssertionError(f"{exc}\n{log_path.read_text()[-3000:]}") from None

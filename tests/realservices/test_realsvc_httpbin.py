@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import importlib.util
 import json
 
 import pytest
@@ -156,6 +157,51 @@ def test_a_server_error_is_passed_on_as_the_service_said_it(httpbin, wrapped):
     direct = httpbin.call("GET", "/status/500")
     through = runner.templated("GET", "/status/500")
     assert_same_answer(direct, through, body="bytes")
+
+
+# --- what the gateway cannot carry (issue 18): Content-Encoding, Location, the service's headers ------
+
+
+@pytest.mark.parametrize("path, flag", [("/gzip", "gzipped"), ("/deflate", "deflated"), ("/brotli", "brotli")])
+def test_a_compressed_answer_arrives_decoded_or_as_a_400_naming_its_coding(httpbin, wrapped, path, flag):
+    """httpbin compresses these whatever the request asks; the gateway keeps no Content-Encoding, so
+    the chute decodes (br only where its Python has a brotli module)."""
+    runner = wrapped[2]
+    through = runner.cord("GET", path)
+    if path == "/brotli" and importlib.util.find_spec("brotli") is None and importlib.util.find_spec("brotlicffi") is None:
+        assert through.status_code == 400 and "Content-Encoding br" in through.text, through.text[:300]
+        return
+    assert through.status_code == 200, (through.status_code, through.content[:200])
+    assert "content-encoding" not in through.headers and media(through) == "application/json"
+    assert through.json()[flag] is True and through.json()["method"] == "GET"
+
+
+@pytest.mark.parametrize("path", ["/redirect/3", "/relative-redirect/2", "/absolute-redirect/2"])
+def test_a_redirect_on_the_service_is_followed(httpbin, wrapped, path):
+    runner = wrapped[2]
+    direct = httpbin.call("GET", path)  # requests follows redirects too
+    through = runner.templated("GET", path)
+    assert direct.url.endswith("/get") and through.status_code == 200, (through.status_code, through.text[:300])
+    assert through.json()["url"].endswith("/get") and through.json()["args"] == direct.json()["args"] == {}
+
+
+def test_a_redirect_elsewhere_or_too_many_is_a_400_naming_it_never_an_empty_200(httpbin, wrapped):
+    runner = wrapped[2]
+    away = runner.cord("GET", "/redirect-to", query={"url": "https://example.com/x", "status_code": "307"})
+    assert away.status_code == 400 and "https://example.com/x" in away.text, away.text[:300]
+    loop = runner.templated("GET", "/redirect/8")
+    assert loop.status_code == 400 and "more than 5 times" in loop.text, loop.text[:300]
+
+
+def test_the_services_own_headers_reach_callers_only_off_chutes(httpbin, wrapped):
+    """README, "On Chutes": only the media type survives the gateway. The body still says it all."""
+    runner = wrapped[2]
+    through = runner.cord("GET", "/response-headers", query={"X-Custom": "kept-in-the-body"})
+    assert through.status_code == 200 and through.json()["X-Custom"] == "kept-in-the-body"
+    if through.runner == "gateway":
+        assert "x-custom" not in through.headers
+    else:
+        assert through.headers["x-custom"] == "kept-in-the-body"
 
 
 def test_the_chutes_api_document_is_valid_openapi_with_every_cord(wrapped):

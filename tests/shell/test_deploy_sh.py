@@ -248,6 +248,25 @@ def test_validate_prints_the_cords_without_starting_anything(home, tmp_path):
     assert "ok: deploy_example is valid (12 cord(s)); nothing was started" in out
 
 
+def test_validate_warns_about_response_headers_no_caller_gets_on_chutes(home, tmp_path):
+    """Discovery records the headers a spec declares (manifest `response.headers`); on Chutes only an
+    answer's media type reaches callers, so --validate says which routes lose which headers."""
+    example_copy(tmp_path / "deploy_headers.py")
+    (tmp_path / "deploy_headers.routes.json").write_text(json.dumps({"version": 3, "routes": [
+        {"path": "/report", "method": "GET", "port": 8020, "request": {"kind": "none"},
+         "response": {"kind": "binary", "content_type": "application/pdf",
+                      "headers": ["Content-Disposition", "X-Request-Id"]}},
+        {"path": "/plain", "method": "GET", "port": 8020, "request": {"kind": "none"}},
+    ]}))
+    result = run("--validate", "deploy_headers", env=clean_env(home), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    warnings = [line for line in result.stdout.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1, result.stdout
+    assert "GET /report answers with header(s) Content-Disposition, X-Request-Id" in warnings[0]
+    assert "on Chutes callers get only the media type" in warnings[0]
+    assert "(on Chutes without its header(s) Content-Disposition, X-Request-Id" in result.stdout
+
+
 @pytest.mark.parametrize(
     "source, message",
     [
@@ -264,6 +283,18 @@ def test_validate_reports_a_bad_module_in_one_message(home, tmp_path, source, me
     result = run("--validate", "deploy_bad.py", env=clean_env(home), cwd=tmp_path)  # a relative path
     assert result.returncode == 1
     assert message in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("name, message", [
+    ("deploy_" + "a" * 300, "(307 characters) cannot name a file here: File name too long"),
+    ("deploy-bad", "'deploy-bad' is not a deploy module name"),
+])
+def test_a_module_name_no_file_can_have_is_a_usage_error_in_one_line(home, tmp_path, name, message):
+    """ENAMETOOLONG was a traceback: a name too long for the file system is a bad argument (exit 2)."""
+    result = run("--validate", name, env=clean_env(home), cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr and result.stdout == ""
 
 
 def test_a_module_path_is_taken_from_the_callers_directory(home, tmp_path):

@@ -2,6 +2,10 @@
 way of answering badly (broken lengths, cut streams, repeated and hop-by-hop headers, oversized
 headers, a slow body, a process that dies mid-stream) and a few well-behaved answers for contrast.
 
+Compressed answers (`/encoded/<coding>`, gzip, deflate, raw deflate, br, zstd, two codings, an unknown
+one, a broken body; `?chunked=1` sends it chunked) and redirects (`/redirect?to=URL&status=302`, a loop)
+test what the gateway cannot carry: Content-Encoding and Location.
+
 Run it as a process, since one mode kills the whole process:
     python -m tests.support.bad_upstream [--port 0]
 It prints `listening on PORT` once it accepts connections. `start()` does that and reads the port.
@@ -12,11 +16,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gzip
 import json
 import os
 import signal
 import subprocess
 import sys
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -86,11 +92,45 @@ def chunk(data: bytes) -> bytes:
     return b"%x\r\n%s\r\n" % (len(data), data)
 
 
+ENCODED_JSON = {"ok": True, "encoded": "héllo " * 200}  # compressible, with a multi-byte character
+
+
+def encoded(coding: str, data: bytes) -> tuple[str, bytes]:
+    """(Content-Encoding value, body) for one mode of /encoded/<coding>."""
+    if coding == "gzip":
+        return "gzip", gzip.compress(data)
+    if coding == "gzip-members":  # two gzip members one after the other (RFC 1952 allows it)
+        half = len(data) // 2
+        return "gzip", gzip.compress(data[:half]) + gzip.compress(data[half:])
+    if coding == "deflate":  # the zlib format, as RFC 9110 says
+        return "deflate", zlib.compress(data)
+    if coding == "deflate-raw":  # what some servers send as deflate
+        packer = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+        return "deflate", packer.compress(data) + packer.flush()
+    if coding == "br":
+        import brotli
+
+        return "br", brotli.compress(data)
+    if coding == "zstd":
+        from backports import zstd
+
+        return "zstd", zstd.compress(data)
+    if coding == "gzip-br":  # gzip applied first, then br: undone in reverse
+        import brotli
+
+        return "gzip, br", brotli.compress(gzip.compress(data))
+    if coding == "compress":  # a coding nobody decodes any more
+        return "compress", data
+    if coding == "gzip-broken":
+        return "gzip", gzip.compress(data)[:-12] + b"not gzip at all"
+    raise KeyError(coding)
+
+
 async def answer(request: Request, writer: asyncio.StreamWriter) -> bool:
     """Answer one request by its path; False when the connection is to be closed."""
     path = request.path
     echo = {"ok": True, "method": request.method, "path": path, "bytes": len(request.body),
-            "content_type": request.header("content-type")}
+            "content_type": request.header("content-type"), "accept_encoding": request.header("accept-encoding")}
     if path == "/json":
         writer.write(json_answer(echo))
     elif path == "/no-content":
@@ -152,6 +192,26 @@ async def answer(request: Request, writer: asyncio.StreamWriter) -> bool:
         if path == "/sse-kill":
             os.kill(os.getpid(), signal.SIGKILL)  # the service dies: no final chunk, no goodbye
         return False  # closed without the final zero-length chunk
+    elif path.startswith("/encoded/"):
+        try:
+            coding, body = encoded(path.removeprefix("/encoded/"), json.dumps(ENCODED_JSON).encode())
+        except KeyError:
+            writer.write(json_answer({"detail": f"no coding {path}"}, status="404 Not Found"))
+        else:
+            base = [("Content-Type", "application/json"), ("Content-Encoding", coding)]
+            if request.query.get("chunked"):
+                writer.write(head("200 OK", [*base, ("Transfer-Encoding", "chunked")]))
+                for start in range(0, len(body), 100):
+                    writer.write(chunk(body[start:start + 100]))
+                writer.write(b"0\r\n\r\n")
+            else:
+                writer.write(head("200 OK", [*base, ("Content-Length", str(len(body)))]) + body)
+    elif path in ("/redirect", "/redirect-loop"):
+        to = "/redirect-loop" if path == "/redirect-loop" else (request.query.get("to") or ["/json"])[0]
+        status = {"301": "301 Moved Permanently", "302": "302 Found", "303": "303 See Other",
+                  "307": "307 Temporary Redirect", "308": "308 Permanent Redirect"}[(request.query.get("status") or ["302"])[0]]
+        body = b"<a href>moved</a>"
+        writer.write(head(status, [("Location", to), ("Content-Type", "text/html"), ("Content-Length", str(len(body)))]) + body)
     elif path == "/slow-body":
         seconds = float((request.query.get("seconds") or ["3"])[0])
         writer.write(head("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(SLOW_BODY)))]))

@@ -181,6 +181,32 @@ def test_response_without_content_is_json_without_a_type():
     assert (route.response_kind, route.content_type) == ("json", None)
 
 
+def test_declared_response_headers_are_recorded_and_the_manifest_reads_with_or_without_them():
+    """Callers on Chutes get only an answer's media type: discovery records the headers a spec says an
+    answer carries, so --validate can warn (what the gateway keeps, a decoded coding or a followed
+    redirect loses nothing)."""
+    shared = {"X-Request-Id": {"schema": {"type": "string"}}}
+    doc = oas({"/file": {"get": {"responses": {
+        "200": {"description": "a file", "content": {"application/pdf": {}},
+                "headers": {"Content-Disposition": {"schema": {"type": "string"}}, "Content-Type": {},
+                            "x-request-id": {"$ref": "#/components/headers/X-Request-Id"}}},
+        "302": {"description": "moved", "headers": {"Location": {}, "Set-Cookie": {}}},
+        "404": {"description": "none", "headers": {"X-Error-Code": {}}},
+    }}}, "/plain": {"get": {"responses": {"200": {"description": "ok"}}}}}, components={"headers": shared})
+    routes = by_key(convert_document(doc, 1, "t").routes)
+    assert routes[("GET", "/file")].response_headers == ("Content-Disposition", "x-request-id", "Set-Cookie")
+    assert routes[("GET", "/plain")].response_headers == ()
+    swagger_doc = swagger({"/s": {"get": {"responses": {"200": {"description": "ok", "headers": {"ETag": {"type": "string"}}}}}}})
+    assert convert_document(swagger_doc, 1, "t").routes[0].response_headers == ("ETag",)
+    manifest = Manifest(routes=list(routes.values()))
+    written = manifest.to_json()
+    assert written["routes"][0]["response"]["headers"] == ["Content-Disposition", "x-request-id", "Set-Cookie"]
+    assert "headers" not in written["routes"][1]["response"]  # nothing written when there is nothing to say
+    assert parse_manifest(written, "m").routes[0].response_headers == routes[("GET", "/file")].response_headers
+    older = {"version": 3, "routes": [{"path": "/file", "method": "GET", "response": {"kind": "binary"}}]}
+    assert parse_manifest(older, "m").routes[0].response_headers == ()
+
+
 # --------------------------------------------------------------------------------------------------
 # Parameters, prefixes, skips
 

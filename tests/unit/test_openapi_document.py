@@ -101,11 +101,11 @@ def test_answers_carry_the_routes_media_types(document):
 
 
 def test_errors_are_the_chutes_gateways_shapes(document):
-    from tools.platform.gateway import NO_TARGETS, OVERLOAD
+    from tools.platform.gateway import NO_INSTANCES, NO_TARGETS, OVERLOAD
 
     for path, item in document["paths"].items():
         for op in item.values():
-            for status in ("400", "429", "500"):
+            for status in ("400", "429", "500", "503"):
                 answer = resolve(document, op["responses"][status]["$ref"])
                 schema = resolve(document, answer["content"]["application/json"]["schema"]["$ref"])
                 assert schema["required"] == ["detail"], (path, status)
@@ -113,7 +113,8 @@ def test_errors_are_the_chutes_gateways_shapes(document):
     from openapi_schema_validator import OAS31Validator
 
     error = document["components"]["schemas"]["Error"]
-    for body in ({"detail": OVERLOAD}, {"detail": NO_TARGETS}, {"detail": "Invalid request: {\"detail\": \"x\"}"}):
+    for body in ({"detail": OVERLOAD}, {"detail": NO_TARGETS}, {"detail": NO_INSTANCES.format("x")},
+                 {"detail": "Invalid request: {\"detail\": \"x\"}"}):
         OAS31Validator(error).validate(body)
 
 

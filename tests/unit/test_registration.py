@@ -53,6 +53,17 @@ def test_catch_all_is_planned_last_with_every_template_and_path_parameters_are_s
         plan([Route("/echo")], 8020, catch_all="/echo")
 
 
+@pytest.mark.parametrize("path", ["/ping", "/Ping/", "/ping/"])
+def test_ping_is_skipped_because_the_chutes_api_answers_it_itself(path):
+    """chutes-api api/main.py:274-281: `/ping` on any chute's host never reaches the chute."""
+    result = plan([Route(path, "GET", request_kind="none"), Route("/pong", "GET", request_kind="none")], 8020)
+    assert [c.public_path for c in result.cords] == ["/pong"]
+    assert "answered by the Chutes API itself" in result.skipped[0].reason
+    with_catch_all = plan([Route(path, "GET", request_kind="none")], 8020, catch_all="/proxy")
+    assert with_catch_all.catch_all == ("/proxy", [f"GET {path}"])
+    assert with_catch_all.skipped[0].reason.endswith("reachable through /proxy")
+
+
 def test_overrides_reach_the_target_and_bad_ones_name_the_key():
     result = plan([Route("/a")], 8020, overrides={"POST /a": {"timeout": 7, "file_fields": ["f"]}})
     assert result.cords[0].target.timeout == 7 and result.cords[0].target.file_fields == {"f": None}

@@ -32,6 +32,22 @@ def plan_lines(plan: Plan) -> list[str]:
     return lines
 
 
+def header_warnings(plans: list[Plan]) -> list[str]:
+    """One warning per served route whose spec declares response headers: the Chutes gateway passes
+    only an answer's media type (README, "On Chutes"), so callers of the deployed chute never get them."""
+    lines, seen = [], set()
+    for plan in plans:
+        routes = [cord.route for cord in plan.registered]
+        routes += [target.route for cord in plan.cords if cord.kind == "catch-all" for target in cord.templates]
+        for route in routes:
+            if route.response_headers and (route.method, route.path, route.port) not in seen:
+                seen.add((route.method, route.path, route.port))
+                lines.append(f"warning:   {route.method} {route.path} answers with header(s) "
+                             f"{', '.join(route.response_headers)} (its spec says): on Chutes callers get only the "
+                             "media type of an answer, so put what they need in the body")
+    return lines
+
+
 def gradio_hint_of(module) -> str | None:
     """Evidence that the module wraps a Gradio app without exposing a function (tools/discovery/gradio.py)."""
     from tools.discovery.gradio import gradio_hint
@@ -63,6 +79,8 @@ def validate(config: ValidateConfig) -> int:
     print(f"manifest:  {module.manifest_source()}")
     for plan in plans_of(chute):
         print("\n".join(plan_lines(plan)))
+    for line in header_warnings(plans_of(chute)):
+        print(line)
     hint = gradio_hint_of(module)
     if hint:
         print(f"warning:   {module.path.name} seems to wrap a Gradio app ({hint}) but exposes none of its functions: "

@@ -335,6 +335,7 @@ def _convert_operation(
             request_content_type=request.content_type,
             response_kind=response_kind,
             content_type=content_type,
+            response_headers=tuple(declared_response_headers(resolver, operation)),
             query_params=tuple(_unique(p["name"] for p in params if p.get("in") == "query")),
             path_params=tuple(path_params),
             example=example,
@@ -625,6 +626,30 @@ def _success_response(resolver: Resolver, operation: Mapping) -> tuple[Any, str 
             response, _ = resolver.deref(codes[code])
             return response, code
     return None, None
+
+
+# Headers a spec may declare that say nothing a caller loses on Chutes: the media type survives, the
+# framing is the gateway's own, a content coding is decoded and a redirect followed by the cord.
+_UNLOST_HEADERS = {"content-type", "content-length", "transfer-encoding", "content-encoding", "connection",
+                   "date", "server", "location"}
+
+
+def declared_response_headers(resolver: Resolver, operation: Mapping) -> list[str]:
+    """The header names the spec declares on the operation's 2xx and 3xx answers (OpenAPI 3 and
+    Swagger 2 both keep them in `responses.<code>.headers`), less those in _UNLOST_HEADERS."""
+    responses = operation.get("responses")
+    if not isinstance(responses, Mapping):
+        return []
+    names: list[str] = []
+    for code, raw in responses.items():
+        code = str(code).upper()
+        if not (len(code) == 3 and code[0] in "23" and (code[1:].isdigit() or code[1:] == "XX")):
+            continue
+        response, _ = resolver.deref(raw)
+        headers = response.get("headers") if isinstance(response, Mapping) else None
+        if isinstance(headers, Mapping):
+            names += [name for name in headers if isinstance(name, str) and name.lower() not in _UNLOST_HEADERS]
+    return _unique(names)
 
 
 def classify_media(ctype: str) -> str:

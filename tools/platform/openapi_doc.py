@@ -30,10 +30,12 @@ ERROR_RESPONSES = {
     "400": ("BadRequest", "The call cannot be served as sent: the caller's mistake (a bad body, an unknown "
             "catch-all path), or the service answered 4xx. `detail` is \"Invalid request: \" followed by the "
             "chute's JSON error as text (with `upstream_status` and `upstream_body` when the service answered)."),
-    "429": ("RateLimited", "Every instance is busy (the chute's concurrency), or the service answered 429: "
-            "try again later."),
+    "429": ("RateLimited", "Every instance is busy (the chute's concurrency), the service answered 429, or "
+            "the instance is disabled for a while after failing calls in a row: try again later."),
     "500": ("InstanceFailure", "The chute failed the call (its service was down, too slow, answered 5xx or "
             "broke its answer); the gateway retried it on other instances and found none that served it."),
+    "503": ("NoInstances", "No instance of the chute is running (yet), or the last one was deleted after "
+            "failing again and again."),
 }
 CALLING = """Every call is JSON, sent to `https://<username>-<chute>.chutes.ai/<path>` with your Chutes API key as a
 bearer token. Conventions of this toolkit and of the Chutes gateway:
@@ -45,7 +47,7 @@ bearer token. Conventions of this toolkit and of the Chutes gateway:
 - `"stream": true` in a body makes the gateway send the answer as server-sent lines (`text/event-stream`).
 - Answers that do not stream come back whole with status 200: JSON as JSON, anything else with the
   service's media type. Errors: 400 (`detail` holds the chute's error as text), 429 (busy), 500 (the
-  instance failed; retried elsewhere first).
+  instance failed; retried elsewhere first), 503 (no instance).
 - Routes with path parameters are reached through the catch-all cord, if the chute has one:
   `{"method", "path", "query", "json" | "form" | "raw"}`.
 """
@@ -182,8 +184,9 @@ def _module_operation(view: CordView, schemas: dict[str, Any]) -> dict:
     if view.stream:
         operation["responses"]["200"] = _stream_answer()
     if view.method in BODY_METHODS:
+        # no "stream" key: the SDK answers a module's own cord in one piece, and a caller's "stream"
+        # then fails the instance (README, "On Chutes")
         schema = _sdk_schema(view.input_schema, view.function_name or "cord", schemas)
-        _add_stream_key(schema, view.stream)
         operation["requestBody"] = {"required": True, "content": {"application/json": {"schema": schema}}}
     return operation
 

@@ -204,6 +204,7 @@ def start_platform(
     verbose: bool = True,
     key: PlatformKey | None = None,
     spawn: Callable[..., Child] = Child,
+    gateway_options: tuple[str, ...] = (),
 ) -> Iterator[Platform]:
     """Start `python -m tools.runtime.sdk.node MODULE_REF` (in `directory`) and the gateway in front of it.
 
@@ -214,7 +215,8 @@ def start_platform(
     With `listen`, the gateway starts beside the node at once and takes calls on that socket when the
     node answers (`port` is then the gateway's own). `key` and `spawn` (how a child is started, by
     default a new `Child`) let --reload hand over processes it started in advance. Raises ServiceError
-    if either exits or does not answer within `timeout`.
+    if either exits or does not answer within `timeout`. `gateway_options` go on the gateway's command
+    line (tests: `--disable-seconds 1`).
     """
     key = key or PlatformKey.generate()
     base_env = chute_environment(env, key)
@@ -231,12 +233,12 @@ def start_platform(
             # The node listens only after the chute's startup hooks (its service is up).
             wait_until(lambda: http_answers(node_url + "/"), node, timeout, "the node", stop)
             gateway, platform.url = start_gateway(node_url, cords or module_ref, directory, base_env, port, echo=echo,
-                                                  log=log)
+                                                  log=log, options=gateway_options)
             platform.control_url = platform.url
         else:
             gateway, platform.control_url = start_gateway(node_url, cords or module_ref, directory, base_env, port,
                                                           echo=echo, log=log, listen=listen, node_wait=timeout,
-                                                          spawn=spawn)
+                                                          spawn=spawn, options=gateway_options)
             platform.url = "http://127.0.0.1:%d" % listen.getsockname()[1]
         platform.children.append(gateway)
         wait_until(lambda: http_answers(platform.control_url + STATS_PATH), gateway, timeout, "the gateway", stop,
@@ -249,7 +251,7 @@ def start_platform(
 def start_gateway(node_url: str, cords: str, directory: str | os.PathLike, env: dict[str, str], port: int = 0, *,
                   echo: bool = False, log: Any = None, source_address: str | None = None,
                   listen: socket.socket | None = None, node_wait: float = 0.0,
-                  spawn: Callable[..., Child] = Child) -> tuple[Child, str]:
+                  spawn: Callable[..., Child] = Child, options: tuple[str, ...] = ()) -> tuple[Child, str]:
     """The gateway as a child process in front of `node_url` (a node on this machine or in a
     container); `env` from `chute_environment` with the node's key. Returns the child and the URL
     callers call (with `listen`: the gateway's own port; callers call the socket's).
@@ -262,6 +264,7 @@ def start_gateway(node_url: str, cords: str, directory: str | os.PathLike, env: 
     argv = [sys.executable, "-m", "tools.platform.gateway", "--chute-url", node_url, "--cords", cords, "--port", str(port)]
     if source_address is not None:
         argv += ["--source-address", source_address]
+    argv += list(options)
     fds: tuple[int, ...] = ()
     if listen is not None:
         fds = (listen.fileno(),)

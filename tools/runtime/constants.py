@@ -21,6 +21,9 @@ DEFAULT_SERVICE_TIMEOUT = 600.0
 DEFAULT_LOCAL_TIMEOUT = 120.0
 # Where `chutes build` puts the module inside the image (and where `chutes run` looks for it).
 APP_DIR = "/app"
+# `/ping` on any chute's host is answered by the Chutes API itself, before it looks at the host
+# (chutes-api cd60d64 api/main.py:274-281): a cord there is never called.
+API_PING_PATH = "/ping"
 
 PORT_MIN, PORT_MAX = 1, 65535
 ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")

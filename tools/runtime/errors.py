@@ -2,6 +2,7 @@
 
     ChutesWrappersError         the root: `except ChutesWrappersError` catches everything of ours
     ├── WrapperError            something the user can fix; `hint` says how; `run_cli` prints it as one line
+    │   ├── UsageError          a command-line argument that cannot be what it names (exit 2, as bad flags)
     │   ├── ManifestError       a route manifest, static routes or route overrides are malformed
     │   ├── ServiceError        the wrapped service did not start, exited, or did not answer in time
     │   ├── SpecError           a service's OpenAPI document cannot be used
@@ -11,6 +12,7 @@
     ├── BadRequest              a caller's JSON cannot become the upstream request: the cord answers 400
     ├── CallFailed              a Gradio call that ends in an error answer (its HTTP status and detail)
     ├── UpstreamBroke           the service broke off an answer the caller was already receiving
+    ├── UndecodableBody         a compressed answer of the service that does not decode (a malformed answer)
     ├── NotGradio               what a URL serves is not a Gradio app this toolkit can call (discovery
     │                           then treats it as any other service)
     ├── Interrupted             SIGINT/SIGTERM arrived during work that finishes its cleanup first
@@ -20,7 +22,7 @@
         ├── InstanceRateLimit   429: not a failure
         └── MinerBadRequest     400: the caller's, not a failure
 
-Only WrapperErrors are printed (one line, exit 1); the caller's and the service's errors are answered
+Only WrapperErrors are printed (one line, exit 1; a UsageError exits 2); the caller's and the service's errors are answered
 over HTTP, never printed. `Interrupted` ends a CLI like Ctrl-C does (exit 130).
 """
 
@@ -45,6 +47,13 @@ class WrapperError(ChutesWrappersError):
 
     def __str__(self) -> str:
         return f"{self.message} ({self.hint})" if self.hint else self.message
+
+
+class UsageError(WrapperError):
+    """An argument that cannot be what it names (a deploy module name no file can have): exit 2,
+    as deploy.sh exits for a bad flag."""
+
+    exit_code = 2
 
 
 class ManifestError(WrapperError):
@@ -101,6 +110,11 @@ class UpstreamBroke(ChutesWrappersError):
         self.status = status
 
 
+class UndecodableBody(ChutesWrappersError, ValueError):
+    """A service's answer whose content coding (gzip, deflate, br, zstd) does not decode: the
+    service's fault, answered as a malformed answer (tools/runtime/cords/answer.py)."""
+
+
 class Interrupted(ChutesWrappersError):
     """A signal arrived while work that must finish its cleanup was running."""
 
@@ -137,7 +151,7 @@ def run_cli(main: Callable[[], int | None], debug: bool = False, prog: str = "ch
         if debug:
             raise
         print(f"{prog}: error: {exc}", file=sys.stderr)
-        sys.exit(1)
+        sys.exit(getattr(exc, "exit_code", 1))
     except (KeyboardInterrupt, Interrupted):
         print(f"{prog}: interrupted", file=sys.stderr)
         sys.exit(130)

@@ -16,7 +16,7 @@ from typing import Any, Iterable, Mapping, NamedTuple
 
 from loguru import logger
 
-from tools.runtime.constants import DEFAULT_SERVICE_TIMEOUT
+from tools.runtime.constants import API_PING_PATH, DEFAULT_SERVICE_TIMEOUT
 from tools.runtime.errors import ManifestError, WrapperError
 from tools.runtime.routes import UNSERVED_METHODS, Route, coerce_routes, decide_public_path
 
@@ -260,6 +260,14 @@ def plan(
                 result.skipped.append(Skip(route, decision.skip_reason))
             continue
         public = decision.public_path
+        if public == API_PING_PATH:
+            reason = (f"{API_PING_PATH} on a chute's host is answered by the Chutes API itself "
+                      '({"message": "pong"}): a cord there would never be called')
+            if catch_all:
+                templates.append(target)
+                reason += f"; reachable through {catch_all}"
+            result.skipped.append(Skip(route, reason))
+            continue
         key = (public, route.method)
         if key in module_keys:
             result.skipped.append(Skip(route, f"the module defines its own cord for {route.method} {public}"))

@@ -71,6 +71,7 @@ class Route:
     request_content_type: str | None = None  # a raw body's media type (request kind "raw")
     response_kind: str = "json"
     content_type: str | None = None
+    response_headers: tuple[str, ...] = ()  # headers its spec says the answer carries (none reach callers on Chutes)
     query_params: tuple[str, ...] = ()
     path_params: tuple[str, ...] = ()
     example: Any = None
@@ -100,6 +101,8 @@ class Route:
         }
         if self.request_content_type:
             out["request"]["content_type"] = self.request_content_type
+        if self.response_headers:  # optional: manifests without it read as before
+            out["response"]["headers"] = list(self.response_headers)
         if self.public_path:
             out["public_path"] = self.public_path
         if self.function_name:
@@ -323,6 +326,7 @@ def parse_route(entry: Any, source: str, index: int, origin: str = "manifest", v
         request_content_type=request_content_type,
         response_kind=response_kind,
         content_type=content_type,
+        response_headers=_names(response.get("headers"), source, index, "response.headers"),
         query_params=_names(entry.get("query_params"), source, index, "query_params"),
         path_params=_names(entry.get("path_params"), source, index, "path_params"),
         example=entry.get("example"),

@@ -13,15 +13,17 @@
      |                                          decoded by the route's request kind (`KINDS`)
      |          answer.py `send`                the request on pool.py's pooled connection ...
    service    ... the wrapped HTTP service, on 127.0.0.1:<port>
-     |          answer.py `send`                ... and its answer as the caller's (`sdk.call.Answer`),
-     |                                          errors by the platform's contract
+     |          answer.py `send`                ... and its answer as the caller's (`sdk.call.Answer`):
+     |                                          redirects on the service followed, content codings
+     |                                          undone, errors by the platform's contract
      |          sdk/call.py `reply`             the answer on the wire: the node's envelope or stream
      |                                          lines, or plain HTTP (errors, dev mode)
    node       encrypts it (gzip + encrypt + base64)
      |
    gateway    decodes it (tools/platform/gateway.py `call_once` / `call_stream`) and answers the caller:
-     |        JSON re-serialised, a body with its media type, or server-sent lines; 400 and 429 pass,
-     |        any other status >= 400 fails the instance
+     |        JSON re-serialised, a body with its media type, or server-sent lines (no other header
+     |        survives); 400 and 429 pass, any other status >= 400 fails the instance (7 in a row
+     |        disable it)
    caller
 
 catch_all.py routes a catch-all call to one of the manifest's templates before `build_outgoing`;

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, Awaitable, Callable
 from urllib.parse import quote
 
 from starlette.requests import Request  # FastAPI hands the request to a handler by this annotation
@@ -15,7 +15,7 @@ from tools.runtime.cords.pool import UpstreamPool
 from tools.runtime.cords.request import OFFLOAD_BYTES, Outgoing, build_outgoing
 from tools.runtime.errors import BadRequest
 from tools.runtime.registration import CordPlan, Target
-from tools.runtime.sdk.call import Call, incoming, reply
+from tools.runtime.sdk.call import Answer, Call, incoming, reply
 
 async def prepare(target: Target, call: Call, request: Any, path: str | None = None, payload: Any = None) -> Outgoing:
     payload = call.payload if payload is None else payload
@@ -59,6 +59,21 @@ def catch_all_handler(pool: UpstreamPool, targets: list[Target]):
         except BadRequest as exc:
             return await reply(call, error(400, str(exc)))
         return await reply(call, await send(pool, target, outgoing, call))
+
+    return handle
+
+
+def json_handler(produce: Callable[[], Awaitable[Any]]):
+    """The handler of a cord that answers JSON computed in the chute (the health cord): read and
+    answered on the wire as every cord of ours, so its answer takes the form the gateway expects."""
+
+    async def handle(request: Request):
+        call = None
+        try:
+            call = await incoming(request)
+        except BadRequest as exc:
+            return await reply(call, error(400, str(exc)))
+        return await reply(call, Answer.json(await produce()))
 
     return handle
 

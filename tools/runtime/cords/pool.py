@@ -27,10 +27,20 @@ class UpstreamPool:
             connector = aiohttp.TCPConnector(limit=256, limit_per_host=0, keepalive_timeout=KEEPALIVE_SECONDS)
             session = aiohttp.ClientSession(
                 connector=connector, auto_decompress=False, read_bufsize=CHUNK, trust_env=False,
-                timeout=aiohttp.ClientTimeout(total=None), headers=self.headers or None,
+                timeout=aiohttp.ClientTimeout(total=None), headers=self.request_headers(),
             )
             self._sessions[loop] = session
         return session
+
+    def request_headers(self) -> dict[str, str]:
+        """Every request's headers: the module's, and `Accept-Encoding: identity` unless the module sets
+        one (aiohttp would offer gzip, deflate, br and zstd). The gateway carries no Content-Encoding, so
+        a compressed answer must be decoded in the chute (answer.py), which costs CPU for no gain on
+        loopback: asking for none spares it with every service that honours the header."""
+        headers = dict(self.headers)
+        if not any(name.lower() == "accept-encoding" for name in headers):
+            headers["Accept-Encoding"] = "identity"
+        return headers
 
     async def close(self) -> None:
         sessions, self._sessions = list(self._sessions.values()), {}

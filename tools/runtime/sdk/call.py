@@ -5,10 +5,15 @@ On a node the SDK's GraValMiddleware has decrypted the caller's JSON (`request.s
 set `request.state._encrypt`; the gateway then reads the cord's answer in one of two wire forms
 (chutes-api api/chute/util.py `_invoke_one`):
 
-  - a stream call (`"stream"` in the body, or a stream cord): lines, each encrypted on its own, each
-    decoded as UTF-8 by the gateway: text is cut only between whole characters, binary goes as base64;
-  - any other call: one JSON envelope, `{"json": enc}` for one JSON document (the gateway parses it
-    and re-serialises it), else `{"type": "Response", "status_code", "headers", "media_type", "body": enc}`.
+  - a stream call (a stream cord, or `stream` as the gateway reads it: `gateway_stream`): lines, each
+    encrypted on its own, each decoded as UTF-8 by the gateway: text is cut only between whole
+    characters, binary goes as base64, an empty answer as one empty line;
+  - any other call: one JSON envelope, `{"json": enc}` for one JSON document the gateway re-serialises
+    faithfully (`gateway_reads_json`), else `{"type": "Response", "status_code", "headers",
+    "media_type", "body": enc}` (the body byte for byte, with its media type).
+
+The node must take the same decision as the gateway: when the gateway reads lines and the node sends an
+envelope (or the reverse), the call fails the instance, and any caller could do that on purpose.
 
 An answer with status >= 400 goes back as plain HTTP: the gateway reads its status (400 and 429 reach
 the caller; any other status fails the instance) and its text. In dev mode (no `_encrypt`), or for a
@@ -17,8 +22,10 @@ call from 127.0.0.1 that the middleware let through, the answer is plain HTTP as
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
+import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, AsyncIterator, Callable
 
@@ -68,6 +75,7 @@ async def incoming(request: "Request", cord_stream: bool = False) -> Call:
             payload = json.loads(raw) if raw.strip() else None
         except ValueError:
             raise BadRequest("the request body is not JSON") from None
+    params: Any = {}
     if isinstance(payload, dict) and "json" in payload and "params" in payload:
         # The gateway wraps passthrough calls as {"json": body, "params": query}; the SDK's own
         # Cord._request_handler unwraps by the same test.
@@ -75,8 +83,28 @@ async def incoming(request: "Request", cord_stream: bool = False) -> Call:
         payload = payload.get("json")
         if isinstance(params, dict):
             query += [(str(k), str(v)) for k, value in params.items() for v in (value if isinstance(value, list) else [value])]
-    stream = cord_stream or (isinstance(payload, dict) and bool(payload.get("stream")))
+    stream = cord_stream or gateway_stream(payload, params)
     return Call(payload=payload, query=query, encrypt=encrypt, stream=stream and encrypt is not None)
+
+
+def gateway_stream(body: Any, params: Any) -> bool:
+    """Whether the gateway reads this call's answer as lines, decided as it decides
+    (chutes-api api/invocation/router.py:460 at cd60d64):
+    `stream = request_body.get("stream", request_params.get("stream", False))`, then Python truthiness
+    (`if stream or include_trace:`, :599). A `stream` key in the body wins whatever its value (null,
+    false, 0, "", [] and {} are false; "false" and [0] are true); without one the query string's
+    value decides, a string, so `?stream=false` and `?stream=0` are true and only `?stream=` is false.
+    `params` is the query as the gateway passes it (`request.query_params._dict`, :459: the last
+    value of a repeated key). A stream cord always streams (:468-469); the caller passes that in.
+
+    What the node receives is the body after the gateway's orjson round trip: NaN and +-Infinity
+    (which the gateway's stdlib `request.json()` accepts) arrive as null, so `"stream": NaN` is true
+    to the gateway and false here. No node can tell that null from a caller's own null (README, "On
+    Chutes"): such a call fails the instance on the platform whatever the chute does."""
+    if not isinstance(body, dict):
+        return False  # the gateway answers a body that is not an object itself (500); no cord sees it
+    query = params if isinstance(params, dict) else {}
+    return bool(body.get("stream", query.get("stream", False)))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -100,17 +128,21 @@ class Answer:
 
     @classmethod
     def json(cls, value: Any, status: int = 200, headers: list[tuple[str, str]] | None = None) -> "Answer":
-        body = json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()  # as Starlette's JSONResponse
+        # As Starlette's JSONResponse; a lone surrogate (from a caller's key, say) is written as its
+        # JSON escape, so the body is always UTF-8 (the gateway reads a 400's text, and must never fail to).
+        body = json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "backslashreplace")
         return cls(status, "application/json", [("content-type", "application/json"), *(headers or [])], body)
 
 
-async def reply(call: Call | None, answer: Answer) -> "Response | dict":
+async def reply(call: Call | None, answer: Answer) -> "Response":
     """`answer` as this call's wire form (the module docstring); never raises."""
     if answer.status >= 400 or call is None or call.encrypt is None:
         return _http(answer)
     if call.stream:
         chunks = answer.chunks if answer.chunks is not None else _one(answer.body or b"")
-        return abortable_stream(_lines(chunks, answer.text, call.encrypt), status_code=answer.status,
+        # 200 whatever the service said: the gateway reads no status below 400 (util.py:840-878),
+        # and a 204's lines would never be sent (a 204 has no body).
+        return abortable_stream(_lines(chunks, answer.text, call.encrypt), status_code=200,
                                 media_type="text/event-stream" if answer.sse else None)
     body = answer.body
     if body is None:
@@ -118,11 +150,40 @@ async def reply(call: Call | None, answer: Answer) -> "Response | dict":
             body = b"".join([chunk async for chunk in answer.chunks])
         except UpstreamBroke as exc:
             return _http(Answer.json({"detail": str(exc)}, exc.status))
+    return await off_loop(len(body), _envelope, call.encrypt, answer, body)
+
+
+# On a node every answer is sealed by the SDK's `request.state._encrypt` (GraValMiddleware: gzip at level
+# 9, the session's encryption, base64). gzip -9's cost depends on the data more than on its size: float
+# JSON and quantized (bf16) audio cost it tens of ms per 100 KB, 200 ms per MB of float JSON (bench/seal).
+# On the event loop that served a node's big answers one at a time (issue 20); from SEAL_IN_THREAD_BYTES
+# on, sealing runs in a thread (zlib releases the GIL), so the loop keeps serving the chute's other calls
+# and concurrent answers are sealed in parallel, and the envelope is rendered to bytes there (orjson),
+# not by FastAPI's encoder on the loop.
+SEAL_IN_THREAD_BYTES = 16 << 10
+
+
+async def off_loop(size: int, func: Callable[..., Any], *args: Any) -> Any:
+    """`func(*args)`, in a thread when `size` (the bytes it seals) reaches SEAL_IN_THREAD_BYTES."""
+    if size < SEAL_IN_THREAD_BYTES:
+        return func(*args)
+    return await asyncio.to_thread(func, *args)
+
+
+def _envelope(encrypt: Callable[[Any], str], answer: Answer, body: bytes) -> "Response":
+    """A whole answer sealed for the gateway and rendered: {"json": enc} for one JSON document the
+    gateway re-serialises unchanged (it parses it and answers it as JSON), else the Response envelope
+    the SDK's own cords give on a node (the gateway answers the body with its media type)."""
+    import orjson
+    from starlette.responses import Response
+
     media_type = answer.media_type
-    if (media_type or "").startswith("application/json") and _one_json_document(body):
-        return {"json": call.encrypt(body)}  # the gateway parses it and answers it as JSON
-    return {"type": "Response", "status_code": answer.status, "headers": dict(answer.headers),
-            "media_type": media_type, "body": call.encrypt(body)}
+    if (media_type or "").startswith("application/json") and gateway_reads_json(body):
+        envelope: dict[str, Any] = {"json": encrypt(body)}
+    else:
+        envelope = {"type": "Response", "status_code": answer.status, "headers": dict(answer.headers),
+                    "media_type": media_type, "body": encrypt(body)}
+    return Response(orjson.dumps(envelope), media_type="application/json")
 
 
 def _http(answer: Answer) -> "Response":
@@ -146,10 +207,41 @@ async def _one(body: bytes) -> AsyncIterator[bytes]:
     yield body
 
 
-def _one_json_document(raw: bytes) -> bool:
-    """The gateway re-parses a {"json"} envelope: JSON lines or a broken body must go as a body."""
+_INT_MIN, _INT_MAX = -(2**63), 2**64 - 1  # what orjson reads as an integer (beyond: a float)
+_ALL_DIGITS_ZERO, _NINETEEN_DIGITS = bytes.maketrans(b"123456789", b"0" * 9), b"0" * 19
+EXACT_CHECK_BYTES = 64 << 10  # up to here, a long digit run is looked at closely; beyond, it means a body
+
+
+def _int64(text: str) -> int:
+    value = int(text)
+    if not _INT_MIN <= value <= _INT_MAX:
+        raise ValueError("integer beyond 64 bits")
+    return value
+
+
+def gateway_reads_json(raw: bytes) -> bool:
+    """Whether the gateway re-serialises `raw` unchanged but for spacing, when it comes as a {"json"}
+    envelope. The gateway parses it with orjson (chutes-api api/chute/util.py:15 `import orjson as
+    json`, :1190 `json.loads(plaintext)`) and answers `json.dumps` of it (router.py:772): orjson
+    refuses NaN, Infinity, lone surrogates and invalid UTF-8 (an instance failure), reads an integer
+    beyond 64 bits as a float (a different number for the caller), and JSON lines are no document.
+    Anything else goes as a body with its media type, byte for byte (always faithful).
+
+    An integer beyond 64 bits has 19 digits or more: with no such digit run (found in ~1 ms per MB)
+    the orjson parse decides (~7 ms per MB). With one, a small answer is parsed again to see whether it
+    is such an integer; a large one simply goes as a body (a second parse costs ~40 ms per MB)."""
+    import orjson  # a dependency of the SDK, as on the gateway
+
     try:
-        json.loads(raw)
+        orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return False
+    if _NINETEEN_DIGITS not in raw.translate(_ALL_DIGITS_ZERO):
+        return True
+    if len(raw) > EXACT_CHECK_BYTES:
+        return False
+    try:
+        json.loads(raw, parse_int=_int64)
     except ValueError:
         return False
     return True
@@ -159,7 +251,7 @@ async def _lines(chunks: AsyncIterator[bytes], text: bool, encrypt: Callable[[An
     """Encrypted lines for the gateway, which decrypts each line and decodes it as UTF-8
     (chutes-api api/chute/util.py `_invoke_one`): text is cut only between whole characters; a binary
     answer goes as base64 text, cut at multiples of 3 bytes, so the caller can decode it whole."""
-    pending = b""
+    pending, sent = b"", False
     async for chunk in chunks:
         pending += chunk
         if text:
@@ -173,15 +265,20 @@ async def _lines(chunks: AsyncIterator[bytes], text: bool, encrypt: Callable[[An
                     break
             piece, pending = pending[:cut], pending[cut:]
             if piece:
-                yield (encrypt(piece.decode("utf-8", "replace")) + "\n").encode()
+                sent = True
+                yield (await off_loop(len(piece), encrypt, piece.decode("utf-8", "replace")) + "\n").encode()
         else:
             cut = len(pending) - len(pending) % 3
             piece, pending = pending[:cut], pending[cut:]
             if piece:
-                yield (encrypt(base64.b64encode(piece).decode()) + "\n").encode()
-    if pending:
+                sent = True
+                yield (await off_loop(len(piece), encrypt, base64.b64encode(piece).decode()) + "\n").encode()
+    if pending or not sent:
+        # An empty answer (a 204, an empty body) still sends one line: the gateway answers a stream
+        # without a first line 500 "Unhandled error generating response" (router.py:716-720), one
+        # empty line as an empty 200.
         tail = pending.decode("utf-8", "replace") if text else base64.b64encode(pending).decode()
-        yield (encrypt(tail) + "\n").encode()
+        yield (await off_loop(len(tail), encrypt, tail) + "\n").encode()
 
 
 # --------------------------------------------------------------------------------------------------

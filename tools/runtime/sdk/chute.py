@@ -143,6 +143,19 @@ def apply_plan(chute: "Chute", plan: Plan, handler_for: Callable[[CordPlan], Any
     _dev_middleware_answers_bad_bodies()
 
 
+def add_cord(chute: "Chute", *, path: str, public_path: str, method: str, function_name: str,
+             handler: Any, content_type: str = "application/json") -> Any:
+    """One cord of ours outside a plan (the health cord), served by `handler` and flagged passthrough
+    like the plan's: the gateway then sends the caller's query, and `incoming` sees the `stream` the
+    gateway decided on. The SDK's own handler answers every call to a non-stream cord with one
+    envelope, which fails the instance when a caller's `?stream=1` makes the gateway read lines."""
+    cord = chute.cord(path=path, public_api_path=public_path, public_api_method=method, method=method,
+                      passthrough=True, output_content_type=content_type)
+    cord(_stub(function_name))
+    cord._request_handler = handler
+    return cord
+
+
 def _prune_shadowed_on_startup(chute: "Chute", ours: set[str]) -> None:
     """Drop our cord where the module defined its own cord for the same route after registering ours."""
 
