@@ -29,6 +29,7 @@ tools/platform/front_door.py.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import collections
 import contextlib
 import contextvars
