@@ -86,6 +86,10 @@ class Watcher:
     """watchfiles in a thread: `changed` is set when a batch of changes arrives; `take()` empties it."""
 
     def __init__(self, plan: WatchPlan) -> None:
+        try:
+            import watchfiles  # noqa: F401 - here, so that a missing package is one line before anything starts
+        except ImportError:
+            raise WrapperError("--reload needs the watchfiles package", "run ./setup.sh (requirements.txt has it)") from None
         self.plan = plan
         self.changed = threading.Event()
         self._paths: set[str] = set()
