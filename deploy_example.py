@@ -38,7 +38,14 @@ CHUTE_BASE_IMAGE = "chutes-wrappers-demo:latest"
 # go to the first. (Here CHUTE_PORTS may override the demo's 8020, e.g. when 8020 is taken locally.)
 SERVICE_PORTS = parse_service_ports(os.environ.get("CHUTE_PORTS", "8020"))
 
+# Per port, the path that answers 2xx once the service can take calls: the chute serves nothing
+# before that (a model server opens its port long before its model is loaded, and a call sent then
+# fails the instance on Chutes). Ports left out take what discovery found (the manifest's
+# "ready_paths"); None: the open port is enough. /health cord reports readiness and liveness apart.
+SERVICE_READY_PATHS = {SERVICE_PORTS[0]: "/health"}
+
 # Environment for the service: baked into the image, and passed to the container during discovery.
+# For `./deploy.sh --run` HOST_COMMAND gets it too, with 0.0.0.0 as 127.0.0.1 (loopback only locally).
 CHUTE_ENV = {
     "DEMO_GREETING": "hello from the demo service",
 }
@@ -83,8 +90,8 @@ chute = Chute(
     concurrency=4,
 )
 
-# GET /health on the chute reports each service port.
-add_health_cord(chute, SERVICE_PORTS)
+# GET /health on the chute reports each service port: live (it accepts connections) and ready.
+add_health_cord(chute, SERVICE_PORTS, ready_paths=SERVICE_READY_PATHS)
 
 # One cord per route of the manifest and CHUTE_STATIC_ROUTES (it carries JSON, uploads, binary and
 # text answers, query strings and streams); POST /proxy reaches routes with path parameters.
@@ -98,5 +105,5 @@ register_passthrough_routes(
     upstream_headers=CHUTE_UPSTREAM_HEADERS,
 )
 
-# Start ENTRYPOINT when the chute starts, wait for SERVICE_PORTS, stop it when the chute stops.
-attach_service(chute, ENTRYPOINT, SERVICE_PORTS, timeout=600)
+# Start ENTRYPOINT when the chute starts, wait until SERVICE_PORTS are ready, stop it when the chute stops.
+attach_service(chute, ENTRYPOINT, SERVICE_PORTS, timeout=600, ready_paths=SERVICE_READY_PATHS)

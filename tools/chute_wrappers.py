@@ -20,7 +20,9 @@ from tools.runtime.constants import (
     DEFAULT_SERVICE_PORTS, DEFAULT_SERVICE_TIMEOUT, PORT_MAX, PORT_MIN, SKIP_REGISTRATION_ENV, env_flag, is_port,
 )
 from tools.runtime.errors import WrapperError
-from tools.runtime.launcher import ServiceLauncher, attach_service, port_open, probe_services, wait_for_services
+from tools.runtime.launcher import (
+    ServiceLauncher, attach_service, probe_services, resolve_ready_paths, service_state, wait_for_services,
+)
 from tools.runtime.registration import CordPlan, Plan, check_upstream_headers, plan, resolve_upstream_headers
 from tools.runtime.routes import Route, choose_manifest, coerce_routes, merge_routes
 
@@ -109,21 +111,40 @@ def add_health_cord(
     public_path: str = "/health",
     timeout: float = 5,
     function_name: str = "wrapper_health",
+    ready_paths: Mapping[int, str | None] | None = None,
 ):
-    """A GET `/health` cord that reports each service port: {"status", "ports": {port: "ok" | error}}.
+    """A GET `/health` cord reporting liveness and readiness apart, per service port:
+
+        {"status": "healthy" | "unhealthy", "live": bool, "ready": bool,
+         "ports": {port: "ok" | why not live}, "readiness": {port: "ok" | why not ready}}
+
+    Live: the port accepts connections. Ready: also its readiness path answers 2xx (`ready_paths` as
+    for attach_service: SERVICE_READY_PATHS, else what discovery found). "healthy" means ready.
     Answered like every cord of ours (a caller's `?stream=1` gets the report as a stream, never an
     instance failure)."""
     from tools.runtime.cords.handler import json_handler
+    from tools.runtime.image import caller_file
 
     ports = [int(port) for port in ports]
+    paths = resolve_ready_paths(ports, ready_paths, caller_file())
 
     async def health() -> dict:
-        results = await asyncio.gather(*(port_open("127.0.0.1", port, timeout) for port in ports))
-        report = {str(port): error or "ok" for port, error in zip(ports, results)}
-        return {"status": "healthy" if all(v == "ok" for v in report.values()) else "unhealthy", "ports": report}
+        return await health_report(ports, paths, timeout)
 
     return add_cord(chute, path=f"/{function_name}", public_path=public_path, method="GET",
                     function_name=function_name, handler=json_handler(health))
+
+
+async def health_report(ports: Sequence[int], ready_paths: Mapping[int, str] | None = None, timeout: float = 5) -> dict:
+    """What the health cord answers (add_health_cord): each port's liveness and readiness."""
+    paths = dict(ready_paths or {})
+    states = await asyncio.gather(*(service_state(port, paths.get(port), timeout=timeout) for port in ports))
+    live = {str(port): error or "ok" for port, (error, _) in zip(ports, states)}
+    ready = {str(port): error or "ok" for port, (_, error) in zip(ports, states)}
+    is_live = all(v == "ok" for v in live.values())
+    is_ready = all(v == "ok" for v in ready.values())
+    return {"status": "healthy" if is_ready else "unhealthy", "live": is_live, "ready": is_ready,
+            "ports": live, "readiness": ready}
 
 
 # --------------------------------------------------------------------------------------------------

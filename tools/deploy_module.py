@@ -234,6 +234,46 @@ class DeployModule:
         """The command that starts the service on this machine for --run (None: start it yourself)."""
         return self._command("HOST_COMMAND")
 
+    def ready_paths(self) -> dict[int, str]:
+        """Each service port's readiness path: SERVICE_READY_PATHS, else what discovery wrote into the
+        module's manifest (the rule of attach_service, tools/runtime/launcher.py)."""
+        from tools.runtime.launcher import resolve_ready_paths
+
+        try:
+            return resolve_ready_paths(self.ports(), self.get("SERVICE_READY_PATHS"), self.path)
+        except WrapperError as exc:
+            raise WrapperError(f"{self.path.name}: {exc.message}", exc.hint) from None
+
+    def _check_ready_paths(self) -> None:
+        from tools.runtime.launcher import resolve_ready_paths
+
+        try:
+            resolve_ready_paths(self.ports(), self.get("SERVICE_READY_PATHS"))
+        except WrapperError as exc:
+            raise WrapperError(f"{self.path.name}: {exc.message}", exc.hint) from None
+
+    def local_env(self) -> tuple[dict[str, str], list[str]]:
+        """CHUTE_ENV as HOST_COMMAND gets it for --run, and a note per value changed: on this machine
+        the service listens on loopback only, so a bind-everything address (0.0.0.0, ::) in a value
+        (README's GRADIO_SERVER_NAME advice, say) becomes 127.0.0.1."""
+        env, notes = {}, []
+        for key, value in self.env.items():
+            local = _loopback(value)
+            if local != value:
+                notes.append(f"CHUTE_ENV {key}={value} is {key}={local} for this run: locally the service "
+                             "listens on loopback only")
+            env[key] = local
+        return env, notes
+
+    def check_host_command(self) -> list[str] | None:
+        """HOST_COMMAND, refused when it binds every interface: locally the service listens on loopback."""
+        argv = self.host_command
+        for word in argv or ():
+            if _loopback(word.rpartition("=")[2]) != word.rpartition("=")[2]:
+                raise WrapperError(f"{self.path.name}: HOST_COMMAND listens on every interface ({word})",
+                                   "use 127.0.0.1 for --run: locally the service listens on loopback only")
+        return argv
+
     @property
     def static_routes(self) -> list:
         from tools.runtime.routes import coerce_routes
@@ -270,7 +310,7 @@ class DeployModule:
             self.ports()
         except WrapperError as exc:
             found.append(str(exc).removeprefix(f"{self.path.name}: ").removeprefix(f"{self.path.name} "))
-        for check in (lambda: self.env, lambda: self.entrypoint, lambda: self.host_command):
+        for check in (lambda: self.env, lambda: self.entrypoint, lambda: self.host_command, self._check_ready_paths):
             try:
                 check()
             except WrapperError as exc:
@@ -298,6 +338,14 @@ class DeployModule:
             return (f"none ({self.manifest_path.name} not found: CHUTE_STATIC_ROUTES only; "
                     f"./deploy.sh --discover {self.name} writes it)")
         return choice.describe()
+
+
+_EVERY_INTERFACE = re.compile(r"^(?:0\.0\.0\.0|::|\[::\])(?=$|:\d+$)")
+
+
+def _loopback(value: str) -> str:
+    """`value` with a bind-everything address (0.0.0.0, ::, [::], with or without :port) as 127.0.0.1."""
+    return _EVERY_INTERFACE.sub("127.0.0.1", value)
 
 
 def load(arg: str | Path, *, settings_only: bool = False, keep: bool = True) -> DeployModule:

@@ -552,6 +552,25 @@ def build_manifest(outcomes: dict[int, Outcome], static: Sequence[Route],
     return Manifest(routes=merged, skipped=skipped), len(static) - len(duplicates)
 
 
+def with_answers(manifest: Manifest, outcomes: dict[int, Outcome], urls: dict[int, str]) -> Manifest:
+    """The manifest with what the running service says beyond its spec (tools/discovery/answers.py):
+    each port's readiness path, and the real media type of GET routes said to answer JSON."""
+    from tools.discovery.answers import ready_path, real_kinds
+
+    routes = list(manifest.routes)
+    ready = {}
+    for port, outcome in outcomes.items():
+        if outcome.kind not in ("spec", "gradio"):
+            continue
+        mine = [route for route in routes if route.port == port]
+        fixed = dict(zip(map(id, mine), real_kinds(urls[port], mine)))
+        routes = [fixed.get(id(route), route) for route in routes]
+        path = ready_path(urls[port], mine, gradio=outcome.kind == "gradio")
+        if path:
+            ready[port] = path
+    return Manifest(routes=routes, skipped=manifest.skipped, ready_paths=ready)
+
+
 def judge_outcomes(outcomes: dict[int, Outcome], where: str, static: Sequence[Route],
                    paths: Sequence[str] = PROBE_PATHS) -> None:
     """Raise when no port has a spec: nothing answered at all, or nothing serves a spec."""
@@ -622,6 +641,9 @@ def summary(result: Result) -> str:
         lines.append(f"  {route.method:<6} {route.path:<32} {public:<28} {kinds}")
     for entry in result.manifest.skipped:
         lines.append(f"  skipped {entry.get('method')} {entry.get('path')}: {entry.get('reason')}")
+    for port, path in result.manifest.ready_paths.items():
+        lines.append(f"port {port}: ready when GET {path} answers 2xx (the chute waits for it; SERVICE_READY_PATHS "
+                     "overrides)")
     for warning in result.warnings:
         lines.append(f"warning: {warning}")
     where = result.output or "stdout"
@@ -713,6 +735,7 @@ def _discover_url(
         judge_outcomes(outcomes, config.base_url, static, config.probe_paths)
         warnings: list[str] = []
         manifest, merged = build_manifest(outcomes, static, warnings)
+        manifest = with_answers(manifest, outcomes, urls)
         emit_manifest(manifest, output)
     return Result(manifest, output, outcomes, merged, warnings)
 
@@ -757,10 +780,12 @@ def _discover_container(
                 watches, bounds, config.interval, display, [guard.check, lambda: _check_running(container, display)],
                 before_probing,
             )
-            outcomes = with_gradio_apps(outcomes, {p: f"http://127.0.0.1:{host_ports[p]}" for p in ports})
+            urls = {p: f"http://127.0.0.1:{host_ports[p]}" for p in ports}
+            outcomes = with_gradio_apps(outcomes, urls)
             judge_outcomes(outcomes, f"image {image}", module.static_routes, config.probe_paths)
             warnings: list[str] = []
             manifest, merged = build_manifest(outcomes, module.static_routes, warnings)
+            manifest = with_answers(manifest, outcomes, urls)
             emit_manifest(manifest, output)
             return Result(manifest, output, outcomes, merged, warnings)
         finally:

@@ -104,6 +104,26 @@ def wait_until(ready, child: Child, timeout: float, what: str, stop: threading.E
         time.sleep(0.1)
 
 
+def wait_for_service(ports: list[int], ready_paths: dict[int, str], timeout: float, stop: threading.Event,
+                     child: Child | None = None) -> None:
+    """Wait until the service on `ports` is ready (tools/runtime/launcher.py `wait_for_services`: each
+    port accepts connections and its readiness path answers 2xx); raises with `child`'s last output
+    if it dies, KeyboardInterrupt when `stop` is set."""
+    import asyncio
+
+    from tools.runtime.launcher import wait_for_services
+
+    def check() -> None:
+        if child is not None and child.exited():
+            raise child.failure()
+        if stop.is_set():
+            raise KeyboardInterrupt
+
+    check()
+    asyncio.run(wait_for_services(ports, timeout, ready_paths=ready_paths, interval=0.1, check=check,
+                                  log=False))
+
+
 def http_answers(url: str) -> bool:
     try:
         urllib.request.urlopen(url, timeout=1).close()

@@ -201,8 +201,9 @@ def ok_json(status: int, headers, body: bytes) -> object:
 
 
 def check_health(status, headers, body):
+    ports = {str(DEMO_PORT): "ok", str(WHISPER_PORT): "ok"}
     assert ok_json(status, headers, body) == {
-        "status": "healthy", "ports": {str(DEMO_PORT): "ok", str(WHISPER_PORT): "ok"},
+        "status": "healthy", "live": True, "ready": True, "ports": ports, "readiness": ports,
     }
 
 

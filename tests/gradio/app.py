@@ -7,6 +7,7 @@ files under GRADIO_TEMP_DIR (the test sets it to a temporary directory).
 from __future__ import annotations
 
 import hashlib
+import inspect
 import os
 import sys
 import tempfile
@@ -74,6 +75,33 @@ def caption(image: Image.Image) -> tuple[str, Image.Image]:
     return f"{image.width}x{image.height}", image.convert("L")
 
 
+def remember(text: str, notes: list) -> tuple[str, list]:
+    """A function with a gr.State input and output (which Gradio's API info leaves out)."""
+    notes = (notes or []) + [text]
+    return f"{len(notes)} notes: {', '.join(notes)}", notes
+
+
+def plain(history: list) -> list[tuple[str, str]]:
+    """(role, text) of every turn, whatever the version hands a ChatInterface: [user, bot] pairs
+    (4.x tuples), {"role", "content"} messages, content as parts [{"type": "text", "text"}] (6.x)."""
+    turns = []
+    for item in history or []:
+        if isinstance(item, (list, tuple)):
+            turns += [(role, text) for role, text in zip(("user", "assistant"), item) if text is not None]
+            continue
+        content = item.get("content")
+        if isinstance(content, list):
+            content = " ".join(part.get("text", "") for part in content if isinstance(part, dict))
+        turns.append((item.get("role"), content))
+    return turns
+
+
+def chat(message: str, history: list) -> str:
+    """A ChatInterface function: the reply names the message and the turns it was given."""
+    turns = plain(history)
+    return f"{message!r} after {len(turns)} turns: " + " | ".join(f"{role}: {text}" for role, text in turns)
+
+
 def build() -> gr.Blocks:
     with gr.Blocks(title="chutes-wrappers test app") as demo:
         name = gr.Textbox(label="name")
@@ -111,6 +139,14 @@ def build() -> gr.Blocks:
         size = gr.Textbox(label="size")
         gray = gr.Image(type="pil", format="png", label="gray")
         gr.Button("caption").click(caption, image_in, [size, gray], api_name="caption")
+
+        notes = gr.State(value=["seed"])
+        noted = gr.Textbox(label="noted")
+        gr.Button("remember").click(remember, [text, notes], [noted, notes], api_name="remember")
+
+        # its API function is `chat` (4.x, 5.x: "chat"; 6.x: the function's name)
+        kwargs = {"type": "messages"} if "type" in inspect.signature(gr.ChatInterface.__init__).parameters else {}
+        gr.ChatInterface(chat, **kwargs)
     return demo
 
 

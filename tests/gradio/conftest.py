@@ -227,6 +227,22 @@ class Direct:
         assert kind == "complete", events
         return value
 
+    def in_session(self, api_name: str, data: list, session_hash: str) -> list:
+        """One call in a session of the caller's (POST .../call with `session_hash`, then the session's
+        queue stream), as a browser tab makes it: a gr.State keeps its value between such calls."""
+        joined = requests.post(f"{self.url}{self.prefix}/call/{api_name}",
+                               json={"data": data, "session_hash": session_hash}, timeout=30)
+        joined.raise_for_status()
+        with requests.get(f"{self.url}{self.prefix}/queue/data", params={"session_hash": session_hash},
+                          stream=True, timeout=60) as answer:
+            for line in answer.iter_lines(decode_unicode=True):
+                if line.startswith("data:"):
+                    message = json.loads(line[5:])
+                    if message.get("msg") == "process_completed" and message.get("event_id") == joined.json()["event_id"]:
+                        assert message["success"], message
+                        return message["output"]["data"]
+        raise AssertionError(f"no result for {api_name}")
+
     def file(self, value: dict) -> tuple[bytes, str]:
         answer = requests.get(f"{self.url}{self.prefix}/file={value['path']}", timeout=30)
         answer.raise_for_status()

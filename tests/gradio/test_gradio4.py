@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import uuid
 
 import aiohttp
 import pytest
@@ -43,7 +44,7 @@ async def call(app, function, body):
 
 
 def test_discovery_without_prefix(functions):
-    assert len(functions) == 10
+    assert len(functions) == 12
     repeat = functions["/repeat"]
     assert repeat.api_prefix == "" and repeat.version.startswith("4.")
     assert repeat.parameters[1].has_default and repeat.parameters[1].default == 2
@@ -86,8 +87,29 @@ async def test_generator(gradio4_app, functions, direct4):
     assert items == [value[0] for kind, value in direct4.events("count", [3]) if kind == "generating"]
 
 
-async def test_errors_carry_no_message_in_gradio_4(gradio4_app, functions, direct4):
-    """Gradio 4's two-step API sends `error` with no data, for gr.Error as for a crash: an app failure."""
+async def test_gr_error_is_a_400_with_its_message_and_a_crash_a_502(gradio4_app, functions, direct4):
+    """Gradio 4's two-step API sends `error` with no data, for gr.Error as for a crash; the queue
+    stream the cord reads has the payload: gr.Error's message (Gradio 4 sends it as repr(), undone)."""
     assert direct4.events("fail", ["x"])[-1] == ("error", None)
     answer, body = await call(gradio4_app, functions["/fail"], {"text": "x"})
-    assert answer.status_code == 502 and "sent no reason" in json.loads(body)["detail"]
+    assert answer.status_code == 400 and json.loads(body) == {"detail": "cannot process 'x'"}
+    answer, body = await call(gradio4_app, functions["/crash"], {"text": "x"})
+    assert answer.status_code == 502 and json.loads(body)["detail"] == "the app failed: unexpected input 'x'"
+
+
+async def test_a_state_input_and_a_chat_interface_with_history(gradio4_app, functions, direct4):
+    remember = functions["/remember"]
+    assert remember.hidden_inputs == (1,) and remember.hidden_outputs == (1,)
+    _, body = await call(gradio4_app, remember, {"text": "a"})
+    assert json.loads(body) == "2 notes: seed, a"
+    chat = functions["/chat"]
+    assert chat.chat is not None and chat.chat.setter is None and chat.chat.submit  # 4.x: the UI's chain replayed
+    session = f"direct-chat-{uuid.uuid4().hex[:8]}"
+    first = direct4.in_session("chat", ["my name is Ada", None], session)[0]
+    second = direct4.in_session("chat", ["what is my name?", None], session)[0]
+    assert second.startswith("'what is my name?' after 2 turns: user: my name is Ada | assistant: ")
+    history = [{"role": "user", "content": "my name is Ada"}, {"role": "assistant", "content": first}]
+    answer, body = await call(gradio4_app, chat, {"message": "what is my name?", "history": history})
+    assert answer.status_code == 200 and json.loads(body) == second
+    _, body = await call(gradio4_app, chat, {"message": "hi"})
+    assert json.loads(body) == "'hi' after 0 turns: "

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import uuid
 
 import pytest
 import requests
@@ -142,6 +143,35 @@ def test_gr_error_is_a_400_with_its_message(chute_url, direct, via_gateway):
         assert json.dumps(value["error"]) in answer.json()["detail"]
     else:
         assert answer.json() == {"detail": value["error"]}
+
+
+def test_a_state_input_is_filled_by_the_app_from_a_fresh_session(chute_url, direct):
+    """gr.State is left out of the API info; the call sends null there and the app uses its initial
+    value (a fresh session per call, so one caller's notes never reach another)."""
+    session = f"direct-remember-{uuid.uuid4().hex[:8]}"
+    assert direct.in_session("remember", ["a", None], session)[0] == "2 notes: seed, a"
+    assert direct.in_session("remember", ["b", None], session)[0] == "3 notes: seed, a, b"  # the app's session keeps it
+    for _ in range(2):  # the chute's calls do not
+        answer = call(chute_url, "remember", {"text": "a"})
+        assert answer.status_code == 200, answer.text
+        assert answer.json() == "2 notes: seed, a"
+
+
+def test_a_chat_interface_answers_with_the_callers_history(chute_url, direct):
+    """The history a caller holds is what the app's own session would hold after those turns."""
+    session = f"direct-chat-{uuid.uuid4().hex[:8]}"
+    first = direct.in_session("chat", ["my name is Ada", None], session)[0]
+    second = direct.in_session("chat", ["what is my name?", None], session)[0]
+    history = [{"role": "user", "content": "my name is Ada"}, {"role": "assistant", "content": first}]
+    answer = call(chute_url, "chat", {"message": "what is my name?", "history": history})
+    assert answer.status_code == 200, answer.text
+    assert answer.json() == second == f"'what is my name?' after 2 turns: user: my name is Ada | assistant: {first}"
+    alone = call(chute_url, "chat", {"message": "hi"})
+    assert alone.status_code == 200 and alone.json() == "'hi' after 0 turns: "
+    as_pairs = call(chute_url, "chat", {"message": "what is my name?", "history": [["my name is Ada", first]]})
+    assert as_pairs.json() == second
+    bad = call(chute_url, "chat", {"message": "x", "history": [{"who": "me"}]})
+    assert bad.status_code == 400 and "history[0]" in bad.text
 
 
 def test_unknown_argument_is_a_400_naming_it(chute_url):

@@ -12,7 +12,8 @@ from tools.runtime.routes import parse_manifest, read_manifest_file
 
 pytestmark = pytest.mark.integration
 
-FUNCTIONS = ["greet", "repeat", "stats", "invert", "count", "file_info", "make_file", "fail", "crash", "caption"]
+FUNCTIONS = ["greet", "repeat", "stats", "invert", "count", "file_info", "make_file", "fail", "crash", "caption",
+             "remember", "chat"]
 
 
 @pytest.fixture(scope="module")
@@ -53,6 +54,18 @@ def test_files_generators_and_outputs_are_recognised(manifest):
     assert routes["/caption"].response_kind == "json"
     assert routes["/count"].gradio.generator and not routes["/greet"].gradio.generator
     assert routes["/stats"].gradio.outputs[0].component == "Json"
+
+
+def test_state_inputs_and_outputs_are_recorded_and_a_chat_interface_takes_history(manifest):
+    """gr.State is left out of the API info but not of the call: the manifest says where it goes."""
+    routes = by_path(manifest)
+    remember = routes["/remember"].gradio
+    assert [p.name for p in remember.parameters] == ["text"]
+    assert remember.hidden_inputs == (1,) and remember.hidden_outputs == (1,)
+    chat = routes["/chat"].gradio
+    assert [p.name for p in chat.parameters] == ["message"] and chat.hidden_inputs == (1,)
+    assert chat.chat is not None and chat.chat.setter and chat.chat.parts  # 6.x: a setter, content as parts
+    assert routes["/greet"].gradio.chat is None and not routes["/greet"].gradio.hidden_inputs
 
 
 def test_manifest_round_trips(gradio_module, manifest):

@@ -43,9 +43,9 @@ def test_smoke_calls_every_function_with_examples_from_the_info(gradio_module, g
                     {"CHUTE_PORTS": str(gradio_app.port)})
     rows = {line.split()[1]: line for line in done.stdout.splitlines() if line.startswith("POST ")}
     assert sorted(rows) == sorted(["/greet", "/repeat", "/stats", "/invert", "/count", "/file_info", "/make_file",
-                                   "/fail", "/crash", "/caption"]), done.stdout + done.stderr
+                                   "/fail", "/crash", "/caption", "/remember", "/chat"]), done.stdout + done.stderr
     # every function answers its example, the image ones a real PNG; /fail and /crash fail, as in the app
-    assert "8 passed, 2 failed" in done.stdout and done.returncode == 1
+    assert "10 passed, 2 failed" in done.stdout and done.returncode == 1
     # smoke calls as on Chutes (node + gateway): an app failure is the gateway's 500 (an instance failure)
     assert "HTTP 400" in rows["/fail"] and "HTTP 500" in rows["/crash"]
     assert all(" 200 " in row for path, row in rows.items() if path not in ("/fail", "/crash"))

@@ -91,7 +91,8 @@ def test_example_runs_on_the_demo_service_and_every_json_cord_answers(run_dev):
 
     health = requests.get(run.url("/health"), timeout=10)
     assert health.status_code == 200
-    assert health.json() == {"status": "healthy", "ports": {str(service_port): "ok"}}
+    ports = {str(service_port): "ok"}  # deploy_example waits for, and reports, the demo's /health
+    assert health.json() == {"status": "healthy", "live": True, "ready": True, "ports": ports, "readiness": ports}
 
     echo = requests.post(run.url("/v1/echo"), json={"message": "hi", "n": [1, 2]}, timeout=10)
     assert echo.status_code == 200 and echo.json() == {"echo": {"message": "hi", "n": [1, 2]}}

@@ -76,7 +76,8 @@ def test_module_cord_through_the_gateway(example):
     answer = requests.get(f"{platform.url}/health", timeout=30)
     assert answer.status_code == 200 and answer.headers["content-type"] == "application/json"
     port = service.rsplit(":", 1)[1]
-    assert answer.json() == {"status": "healthy", "ports": {port: "ok"}}
+    assert answer.json() == {"status": "healthy", "live": True, "ready": True, "ports": {port: "ok"},
+                             "readiness": {port: "ok"}}
     assert answer.headers["x-chutes-invocationid"]
     assert failures(platform) == before
 

@@ -2,9 +2,11 @@
 virtualenv, wrapped as README says (discover, write the module, smoke), then called directly and
 through the chute and compared.
 
-The virtualenv lives in ~/.cache/chutes-wrappers/venvs/realsvc-<key>, keyed by requirements.txt and
-the Python version, built once (under a lock, then renamed into place) and reused by every rerun.
-How long the first install took is kept beside it (`install-seconds`) and printed in the summary.
+The virtualenvs live in ~/.cache/chutes-wrappers/venvs/realsvc[-<name>]-<key>, keyed by their
+requirements file and the Python version, built once (under a lock) and reused by every rerun: one for
+the web services (requirements.txt), one for the model servers (requirements-models.txt: MLServer
+and Gradio 5, whose pins would fight the first's). How long each first install took is kept beside it
+(`install-seconds`) and printed in the summary.
 
 How the chute is called is one fixture, `chute_runner`, run once per entry of RUNNERS: the platform's
 path (the chute on a node behind the local gateway, tools/platform/gateway.py) and the SDK's dev server
@@ -43,24 +45,30 @@ INSTALL_TIMEOUT = 1200
 RUNNERS = ("gateway", "dev")
 
 
-def venv_key() -> str:
+REQUIREMENTS_MODELS = HERE / "requirements-models.txt"
+
+
+def venv_key(requirements: Path = REQUIREMENTS) -> str:
     """What the venv depends on: the pinned requirements and this Python's version."""
-    digest = hashlib.sha256(REQUIREMENTS.read_bytes() + sys.version.split()[0].encode()).hexdigest()
+    digest = hashlib.sha256(requirements.read_bytes() + sys.version.split()[0].encode()).hexdigest()
     return digest[:16]
 
 
-def ensure_venv() -> tuple[Path, float | None]:
-    """The tier's virtualenv, created if missing; returns (its python, seconds the install took now
-    or None when it already existed). Concurrent runs wait for one another on a lock."""
+def venv_name(requirements: Path) -> str:
+    stem = requirements.stem.removeprefix("requirements").strip("-")
+    return f"realsvc-{stem + '-' if stem else ''}{venv_key(requirements)}"
+
+
+def ensure_venv(requirements: Path = REQUIREMENTS) -> tuple[Path, float | None]:
+    """The virtualenv of `requirements`, created if missing; returns (its python, seconds the install
+    took now or None when it already existed). Concurrent runs wait for one another on a lock."""
     VENVS.mkdir(parents=True, exist_ok=True)
-    final = VENVS / f"realsvc-{venv_key()}"
+    final = VENVS / venv_name(requirements)
     python = final / "bin" / "python"
-    with open(VENVS / f"realsvc-{venv_key()}.lock", "w") as lock:
+    with open(VENVS / f"{venv_name(requirements)}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if (final / "install-seconds").is_file():
             return python, None
-        building = VENVS / f".realsvc-{venv_key()}.building"
-        shutil.rmtree(building, ignore_errors=True)
         shutil.rmtree(final, ignore_errors=True)
         started = time.monotonic()
         try:
@@ -68,7 +76,7 @@ def ensure_venv() -> tuple[Path, float | None]:
             subprocess.run([sys.executable, "-m", "venv", str(final)], check=True, capture_output=True,
                            timeout=120)
             subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-                            "-r", str(REQUIREMENTS)], check=True, capture_output=True, text=True,
+                            "-r", str(requirements)], check=True, capture_output=True, text=True,
                            timeout=INSTALL_TIMEOUT)
         except subprocess.CalledProcessError as exc:
             shutil.rmtree(final, ignore_errors=True)
@@ -82,11 +90,9 @@ def ensure_venv() -> tuple[Path, float | None]:
         return python, seconds
 
 
-@pytest.fixture(scope="session")
-def realsvc_python(request) -> Path:
-    """The python of the tier's own virtualenv (httpbin, flasgger, stubllm, kinto)."""
+def tier_python(request, requirements: Path) -> Path:
     try:
-        python, seconds = ensure_venv()
+        python, seconds = ensure_venv(requirements)
     except (RuntimeError, OSError, subprocess.TimeoutExpired) as exc:
         if os.environ.get("CI"):
             raise
@@ -96,6 +102,18 @@ def realsvc_python(request) -> Path:
         f"installed now in {seconds:.1f}s" if seconds is not None else f"reused (first install took {recorded}s)")
     request.config.stash.setdefault(_NOTES, []).append(note)
     return python
+
+
+@pytest.fixture(scope="session")
+def realsvc_python(request) -> Path:
+    """The python of the tier's own virtualenv (httpbin, flasgger, stubllm, kinto)."""
+    return tier_python(request, REQUIREMENTS)
+
+
+@pytest.fixture(scope="session")
+def models_python(request) -> Path:
+    """The python of the model servers' virtualenv (MLServer, Gradio 5)."""
+    return tier_python(request, REQUIREMENTS_MODELS)
 
 
 _NOTES = pytest.StashKey[list]()
@@ -129,23 +147,25 @@ class Service:
 
 @pytest.fixture(scope="module")
 def start_service(tmp_path_factory) -> Iterator[Callable[..., Service]]:
-    """start(name, argv with {port}, cwd=..., ready_path=...) -> a Service; all stopped at the end."""
+    """start(name, argv with {port}, cwd=..., ready_path=..., env=...) -> a Service once `ready_path`
+    answers 2xx (None: once its port accepts connections); all stopped at the end."""
     started: list[Service] = []
 
-    def start(name: str, argv: list[str], cwd: Path | None = None, ready_path: str = "/", timeout: float = 90) -> Service:
-        port = free_port()
+    def start(name: str, argv: list[str], cwd: Path | None = None, ready_path: str | None = "/", timeout: float = 90,
+              env: dict[str, str] | None = None, port: int | None = None) -> Service:
+        port = port or free_port()
         work = cwd or tmp_path_factory.mktemp(name)
         log = work / f"{name}.log"
         with open(log, "wb") as out:
             proc = subprocess.Popen([arg.format(port=port) for arg in argv], cwd=work, stdout=out,
                                     stderr=subprocess.STDOUT, start_new_session=True,
-                                    env=dict(os.environ, PYTHONUNBUFFERED="1"))
+                                    env=dict(os.environ, PYTHONUNBUFFERED="1", **(env or {})))
         service = Service(name, port, proc, log)
         started.append(service)
         try:
             wait_for_port(port, proc, timeout=timeout)
             deadline = time.monotonic() + timeout
-            while requests.get(service.url + ready_path, timeout=5).status_code >= 500:
+            while ready_path is not None and not ready(service.url + ready_path):
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"{name} did not get ready")
                 time.sleep(0.1)
@@ -156,6 +176,14 @@ def start_service(tmp_path_factory) -> Iterator[Callable[..., Service]]:
     yield start
     for service in reversed(started):
         stop_process(service.proc)
+
+
+def ready(url: str) -> bool:
+    """GET `url` answers 2xx (a service still loading may hold the request: a short timeout)."""
+    try:
+        return requests.get(url, timeout=5).ok
+    except requests.RequestException:
+        return False
 
 
 # --------------------------------------------------------------------------------------------------

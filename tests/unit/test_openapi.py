@@ -517,3 +517,48 @@ def test_parameter_examples_maps_and_lists_are_read():
     ], "responses": {}}}})
     route = convert_document(doc, 1, "t").routes[0]
     assert route.example == {"_path": {"a": "from-map", "b": "from-list"}}
+
+
+def test_an_upload_declared_as_a_url_in_a_multipart_body_is_a_file_and_multipart_wins_over_json():
+    """drf-spectacular (COMPONENT_SPLIT_REQUEST off) declares a FileField as `format: uri`, and with DRF's
+    default parsers offers JSON, a form and multipart for one serializer: a file needs multipart."""
+    upload = {"type": "object", "properties": {"file": {"type": "string", "format": "uri"},
+                                               "note": {"type": "string", "default": "n"},
+                                               "homepage": {"type": "string", "format": "uri"}},
+              "required": ["file"]}
+    doc = oas({"/api/upload/": {"post": {"requestBody": {"content": {
+        "application/json": {"schema": upload}, "application/x-www-form-urlencoded": {"schema": upload},
+        "multipart/form-data": {"schema": upload}}}, "responses": {"200": {"description": "ok"}}}}})
+    route = convert_document(doc, 1, "t").routes[0]
+    assert (route.request_kind, route.file_fields) == ("multipart", ("file",))
+    assert route.example == {"note": "n"}
+    from tools.cord_table import Cord, curl_line
+    from tools.runtime.cords.request import kind_of
+
+    line = curl_line("http://x", Cord("POST", "/api/upload", "", False, example=route.example,
+                                      file_fields=kind_of(route).caller_files(route), route=route))
+    assert '\\"file_base64\\": \\"$(base64 -w0 FILE)\\"' in line and '"https://example.com"' not in line
+
+
+def test_an_example_is_marked_made_up_when_a_value_was_built_by_type():
+    doc = oas({
+        "/spec": {"post": {"requestBody": {"content": {"application/json": {"schema": {
+            "type": "object", "properties": {"n": {"type": "integer", "default": 3}}, "required": ["n"]}}}},
+            "responses": {}}},
+        "/made": {"post": {"requestBody": {"content": {"application/json": {"schema": {
+            "type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]}}}},
+            "responses": {}}},
+        "/models/{model_name}/ready": {"get": {"parameters": [
+            {"name": "model_name", "in": "path", "required": True, "schema": {"type": "string"}}], "responses": {}}},
+        "/models/{model_id}": {"get": {"parameters": [
+            {"name": "model_id", "in": "path", "required": True, "schema": {"type": "string", "example": "m1"}}],
+            "responses": {}}},
+        "/plain": {"get": {"responses": {}}},
+    })
+    routes = {r.path: r for r in convert_document(doc, 1, "t").routes}
+    assert routes["/spec"].example_source == "spec" and routes["/made"].example_source == "generated"
+    assert routes["/models/{model_name}/ready"].example_source == "generated"
+    assert routes["/models/{model_id}"].example_source == "spec"
+    assert routes["/plain"].example is None and routes["/plain"].example_source is None
+    again = parse_manifest(json.loads(json.dumps(Manifest(list(routes.values())).to_json())), "m")
+    assert {r.path: r.example_source for r in again.routes} == {p: r.example_source for p, r in routes.items()}

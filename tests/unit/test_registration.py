@@ -71,6 +71,23 @@ def test_overrides_reach_the_target_and_bad_ones_name_the_key():
         plan([Route("/a")], 8020, overrides={"POST /a": {"timeot": 7}})
 
 
+def test_an_example_override_is_the_routes_example_for_smoke_and_curl_lines():
+    routes = [Route("/v2/models/{model_name}/ready", "GET", example={"_path": {"model_name": "string"}},
+                    example_source="generated", path_params=("model_name",)), Route("/infer", "POST")]
+    overrides = {"GET /v2/models/{model_name}/ready": {"example": {"_path": {"model_name": "slow"}}},
+                 "POST /infer": {"example": {"inputs": []}}}
+    result = plan(routes, 8080, overrides=overrides, catch_all="/proxy")
+    (infer,) = result.registered
+    assert (infer.route.example, infer.route.example_source) == ({"inputs": []}, "module")
+    template = result.cords[-1].templates[0].route
+    assert (template.example, template.example_source) == ({"_path": {"model_name": "slow"}}, "module")
+    for bad, message in (({"example": [1]}, "key 'example' must be an object"),
+                         ({"example": {"_path": "slow"}}, "'_path' must be an object"),
+                         ({"examples": {}}, r"unknown key\(s\) examples")):
+        with pytest.raises(ManifestError, match=message):
+            plan(routes, 8080, overrides={"POST /infer": bad})
+
+
 def test_summary_names_cords_catch_all_and_skips():
     text = plan([Route("/ok"), Route("/x/{y}", "GET")], 8020, catch_all="/proxy").summary()
     assert text.startswith("registered 1 route(s): POST /ok")

@@ -68,8 +68,20 @@ def service() -> tuple[web.Application, dict]:
         await response.write_eof()
         return response
 
+    async def refused(request):  # the chute passing on the service's 404 (README's error table)
+        return web.json_response({"error": "Model string not found", "upstream_status": 404,
+                                  "upstream_body": '{"error": "Model string not found"}', "detail": "..."}, status=400)
+
+    async def refused_via_gateway(request):  # the same, as the local gateway answers it
+        inner = json.dumps({"detail": "bad task", "upstream_status": 422, "upstream_body": "{}"})
+        return web.json_response({"detail": f"Invalid request: Invalid request: {inner}"}, status=400)
+
+    async def chutes_own_400(request):  # the cord refusing the call itself: never the service's
+        return web.json_response({"detail": "file_base64: not valid base64"}, status=400)
+
     app = web.Application()
-    app.add_routes([web.post("/ok", ok), web.get("/ok", ok), web.get("/sse", endless_sse), web.get("/bytes", endless_bytes),
+    app.add_routes([web.get("/refused", refused), web.get("/refused-gw", refused_via_gateway),
+                    web.get("/own400", chutes_own_400),web.post("/ok", ok), web.get("/ok", ok), web.get("/sse", endless_sse), web.get("/bytes", endless_bytes),
                     web.get("/poll", long_poll), web.get("/slow", slow_body), web.get("/boom", boom),
                     web.get("/short", short_stream)])
     return app, state
@@ -107,9 +119,22 @@ def test_each_outcome_and_the_summary_line():
     assert by_label["/sse"].size > 0 and by_label["/bytes"].size >= LIMITS.stream_bytes
     assert "HTTP 500" in by_label["/boom"].problem
     assert "no answer within 1s" in by_label["/poll"].problem
-    assert summary_line(results) == "summary: 2 ok, 2 streams, 1 failed, 2 timeout"
+    assert summary_line(results) == "summary: 2 ok, 2 streams, 0 untried, 1 failed, 2 timeout"
     assert [r.call.label for r in results] == paths  # in the order planned, whatever order they ended in
     assert "streams (read for a moment)" in table(results)
+
+
+def test_a_services_4xx_to_made_up_values_is_untried_and_to_real_input_a_failure():
+    def calls(base):
+        made_up = [SmokeCall(p, "proxy", "GET", base + p, made_up=True, key=f"GET {p}")
+                   for p in ("/refused", "/refused-gw", "/own400")]
+        return made_up + [call(base, "/refused")]
+    results, _ = asyncio.run(against_service(calls))
+    assert [r.outcome for r in results] == ["untried", "untried", "failed", "failed"]
+    assert results[0].problem == "not tried with real input (the service's 404 to made-up values)"
+    assert "the service's 422" in results[1].problem
+    assert results[3].problem == "HTTP 400 (the service's 404)"
+    assert all(r.ok for r in results[:2]) and summary_line(results).endswith("2 untried, 2 failed, 0 timeout")
 
 
 def test_calls_run_a_few_at_a_time_never_more():
@@ -172,3 +197,59 @@ def test_get_examples_go_in_the_query_string_as_callers_on_chutes_send_them():
     blob, echo = calls_for("http://chute", [get, post])
     assert (blob.url, blob.body) == ("http://chute/v1/blob?size=65536", None)
     assert (echo.url, echo.body) == ("http://chute/v1/echo", {})  # `{}` is a body
+
+
+def test_creating_calls_run_first_and_a_linked_call_gets_the_id_the_spec_links():
+    """A spec links POST /items's answer `id` to GET /items/{item_id}: smoke creates first, then reads
+    what it created; deletes come last. The test server plays the chute (a proxy cord and /proxy)."""
+    from tools.discovery.openapi import convert_document
+
+    item = {"name": "item_id", "in": "path", "required": True, "schema": {"type": "string"}}
+    doc = {"openapi": "3.0.3", "info": {"title": "t", "version": "1"}, "paths": {
+        "/items": {"post": {"operationId": "createItem", "responses": {"201": {
+            "description": "made", "links": {"read": {"operationId": "getItem",
+                                                      "parameters": {"item_id": "$response.body#/data/id"}}}}}}},
+        "/items/{item_id}": {"parameters": [item],
+                             "get": {"operationId": "getItem", "responses": {"200": {"description": "it"}}},
+                             "delete": {"operationId": "dropItem", "responses": {"200": {"description": "gone"}}}},
+    }}
+    routes = {r.key: r for r in convert_document(doc, 9, "t").routes}
+    assert routes[("/items", "POST")].links == ({"to": "GET /items/{item_id}",
+                                                 "parameters": {"item_id": "$response.body#/data/id"}},)
+    items, log = {}, []
+
+    async def create(request):
+        log.append("create")
+        items["it-7"] = True
+        return web.json_response({"data": {"id": "it-7"}}, status=201)
+
+    async def proxy(request):
+        payload = await request.json()
+        log.append(f"{payload['method']} {payload['path']}")
+        key = payload["path"].rsplit("/", 1)[-1]
+        if key not in items:
+            return web.json_response({"detail": "x", "upstream_status": 404, "upstream_body": "{}"}, status=400)
+        if payload["method"] == "DELETE":
+            del items[key]
+        return web.json_response({"id": key})
+
+    async def go():
+        app = web.Application()
+        app.add_routes([web.post("/items", create), web.post("/proxy", proxy)])
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        base = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
+        templates = (routes[("/items/{item_id}", "DELETE")], routes[("/items/{item_id}", "GET")])
+        cords = [Cord("POST", "/proxy", "", False, mode="catch-all", templates=templates),
+                 Cord("POST", "/items", "", False, route=routes[("/items", "POST")], mode="proxy")]
+        try:
+            return await run_calls(calls_for(base, cords), LIMITS)
+        finally:
+            await runner.cleanup()
+
+    results = asyncio.run(go())
+    assert log == ["create", "GET /items/it-7", "DELETE /items/string"]  # the delete: no link, a made-up id
+    assert [(r.call.label, r.outcome) for r in results] == [
+        ("DELETE /items/{item_id}", "untried"), ("GET /items/{item_id}", "ok"), ("/items", "ok")]

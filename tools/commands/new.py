@@ -56,6 +56,8 @@ class ModuleValues:
             "CHUTE_BASE_IMAGE": ("The image that holds the service; it is wrapped, not rebuilt.", self.image),
             "SERVICE_PORTS": ("Ports the service listens on (the image's EXPOSE); routes without a port go to the first.",
                               self.ports),
+            "SERVICE_READY_PATHS": ("Per port, the path that answers 2xx once the service can take calls (e.g. "
+                                    "{8080: '/health'}); ports left out take what discovery finds.", {}),
             "CHUTE_ENV": ("Environment for the service (read from the image): baked into the wrapper, passed to "
                           "discovery.", self.env),
             "ENTRYPOINT": ("The command that starts the service (the image's ENTRYPOINT + CMD, which Chutes replaces).",

@@ -20,6 +20,7 @@ import threading
 import time
 import wave
 import zlib
+from urllib.parse import urlencode
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from typing import Callable, Mapping
@@ -38,8 +39,14 @@ CALL_TIMEOUT = 20.0  # seconds for one call, answer included
 STREAM_WINDOW = 3.0  # an answer that streams is read this long ...
 STREAM_BYTES = 64 * 1024  # ... or this far, then reported as "streams"
 CONCURRENCY = 4
-# Outcomes, in the order the summary lists them; the first two pass.
-OUTCOMES = ("ok", "streams", "failed", "timeout")
+PHASES = {"POST": 0, "PUT": 0, "GET": 1, "PATCH": 2, "DELETE": 3}
+ERROR_BODY_BYTES = 64 * 1024  # of an error answer, kept to see whose error it is
+# Outcomes, in the order the summary lists them; only "failed" and "timeout" fail the smoke test.
+# "untried": the service answered 4xx to a call whose values were made up (the manifest's example
+# has values discovery built by type): the route was not tried with real input.
+OUTCOMES = ("ok", "streams", "untried", "failed", "timeout")
+UNTRIED_HINT = ("give those routes a real call in the module's CHUTE_ROUTE_OVERRIDES (README, \"Per-route overrides\"),"
+                " e.g. {key!r}: {{\"example\": {{...}}}}")
 
 
 @dataclass
@@ -61,6 +68,16 @@ class SmokeCall:
     body: object = None
     stream: bool = False
     expect_type: str | None = None
+    made_up: bool = False  # some value of the call was made up by discovery, not the spec's or the module's
+    key: str = ""  # the route's "METHOD /path", as CHUTE_ROUTE_OVERRIDES keys it
+    route: Route | None = None  # the route called (a catch-all call: its template)
+    after: int | None = None  # a spec link: the index of the call whose answer gives values to this one
+    link: Mapping[str, object] = field(default_factory=dict)  # parameter -> "$response.body#/..." or a value
+
+    @property
+    def phase(self) -> int:
+        """When it runs: what creates (POST, PUT) before what reads (GET), updates (PATCH) and deletes."""
+        return PHASES.get(self.route.method if self.route is not None else self.method, 1)
 
 
 @dataclass
@@ -71,6 +88,7 @@ class Result:
     size: int
     problem: str = ""
     outcome: str = field(default="")
+    body: bytes = b""  # kept for a call whose answer links to another (a JSON answer up to 64 KB)
 
     def __post_init__(self) -> None:
         if not self.outcome:
@@ -78,7 +96,7 @@ class Result:
 
     @property
     def ok(self) -> bool:
-        return self.outcome in ("ok", "streams")
+        return self.outcome in ("ok", "streams", "untried")
 
 
 def sample_wav(seconds: float = 0.25, rate: int = 16000) -> bytes:
@@ -137,6 +155,16 @@ def override_files(overrides: Mapping | None) -> dict[tuple[str, str], tuple[str
     return out
 
 
+def made_up(route: Route | None) -> bool:
+    """Whether a call of `route` carries values discovery made up (a path parameter with no example
+    at all counts too: it is filled with 1)."""
+    if route is None:
+        return False
+    example = route.example if isinstance(route.example, dict) else {}
+    unfilled = set(route.path_params) - set((example.get("_path") or {}) if isinstance(example.get("_path"), dict) else {})
+    return route.example_source == "generated" or (bool(unfilled) and route.example_source != "module")
+
+
 def calls_for(base_url: str, cords: list[Cord], overrides: Mapping | None = None) -> list[SmokeCall]:
     files = override_files(overrides)
     calls = []
@@ -151,15 +179,82 @@ def calls_for(base_url: str, cords: list[Cord], overrides: Mapping | None = None
                 payload = {"method": template.method, "path": path}
                 if inner:
                     payload[kind_of(template).catch_all_key] = inner
-                calls.append(SmokeCall(f"{template.method} {template.upstream_path}", "catch-all", "POST", url, payload))
+                calls.append(SmokeCall(f"{template.method} {template.upstream_path}", "catch-all", "POST", url, payload,
+                                       made_up=made_up(template), key=f"{template.method} {template.path}",
+                                       route=template))
             continue
         body = body_for(route, files.get(route.key, ())) if route else None
         expect = route.content_type if route and route.response_kind == "binary" else None
         if cord.method in BODY_METHODS:
             body = body if body is not None else {}  # `{}` is a body: a POST needs one
         url, body = as_caller_sends(url, cord.method, body)
-        calls.append(SmokeCall(cord.public_path, describe(cord), cord.method, url, body, cord.stream, expect))
+        calls.append(SmokeCall(cord.public_path, describe(cord), cord.method, url, body, cord.stream, expect,
+                               made_up=made_up(route), key=f"{route.method} {route.path}" if route else "",
+                               route=route))
+    return with_links(calls)
+
+
+def with_links(calls: list[SmokeCall]) -> list[SmokeCall]:
+    """Each call a spec link points at waits for the call the link comes from (the first one)."""
+    by_key = {}
+    for index, call in enumerate(calls):
+        by_key.setdefault(call.key, index)
+    for index, call in enumerate(calls):
+        for link in (call.route.links if call.route is not None else ()):
+            target = by_key.get(str(link.get("to")))
+            if target is not None and target != index and calls[target].after is None:
+                calls[target].after = index
+                calls[target].link = dict(link.get("parameters") or {})
     return calls
+
+
+def linked(call: SmokeCall, source: Result) -> SmokeCall:
+    """`call` with the values its link takes from the source call's JSON answer (an id it created):
+    path parameters into a catch-all call's path, others into the query string."""
+    try:
+        answer = json.loads(source.body) if source.body else None
+    except ValueError:
+        answer = None
+    values = {}
+    for name, expression in call.link.items():
+        if isinstance(expression, str) and expression.startswith("$response.body"):
+            found, value = _pointer(answer, expression.removeprefix("$response.body").removeprefix("#"))
+            if found:
+                values[name] = value
+        elif not (isinstance(expression, str) and expression.startswith("$")):
+            values[name] = expression  # a constant
+    if not values or call.route is None:
+        return call
+    route = call.route
+    path_values = {k: v for k, v in values.items() if k in route.path_params}
+    query_values = {k: v for k, v in values.items() if k not in route.path_params}
+    body, url = call.body, call.url
+    if call.kind == "catch-all" and isinstance(body, dict):
+        example = route.example if isinstance(route.example, dict) else {}
+        body = dict(body, path=fill_template(route.upstream_path, {**(example.get("_path") or {}), **path_values}))
+        if query_values:
+            body["query"] = {**(body.get("query") or {}), **query_values}
+    elif query_values:
+        url += ("&" if "?" in url else "?") + urlencode(query_values)
+    unfilled = set(route.path_params) - set(path_values) - set(
+        ((route.example or {}).get("_path") or {}) if isinstance(route.example, dict) else {})
+    return replace(call, url=url, body=body, made_up=route.example_source == "generated" or bool(unfilled))
+
+
+def _pointer(document: object, pointer: str) -> tuple[bool, object]:
+    """(found, value) of a JSON pointer ("/data/id") in a decoded JSON document."""
+    if pointer in ("", "/"):
+        return document is not None, document
+    value = document
+    for part in pointer.lstrip("/").split("/"):
+        part = part.replace("~1", "/").replace("~0", "~")
+        if isinstance(value, dict) and part in value:
+            value = value[part]
+        elif isinstance(value, list) and part.isdigit() and int(part) < len(value):
+            value = value[int(part)]
+        else:
+            return False, None
+    return True, value
 
 
 def _streams(response: aiohttp.ClientResponse) -> bool:
@@ -188,6 +283,7 @@ async def execute(session: aiohttp.ClientSession, call: SmokeCall, limits: Limit
     streaming = _streams(response)
     until = min(deadline, time.monotonic() + limits.stream_window) if streaming else deadline
     finished = False
+    kept = b""
     try:
         while True:
             left = until - time.monotonic()
@@ -201,6 +297,8 @@ async def execute(session: aiohttp.ClientSession, call: SmokeCall, limits: Limit
                 finished = True
                 break
             size += len(chunk)
+            if (status >= 400 or call.route is not None and call.route.links) and len(kept) < ERROR_BODY_BYTES:
+                kept += chunk[:ERROR_BODY_BYTES - len(kept)]
             if streaming and size >= limits.stream_bytes:
                 break
     except (aiohttp.ClientError, OSError) as exc:
@@ -209,7 +307,11 @@ async def execute(session: aiohttp.ClientSession, call: SmokeCall, limits: Limit
         response.close()  # an unfinished answer must not go back to the pool
     seconds = time.monotonic() - started
     if status >= 400:
-        return Result(call, status, seconds, size, f"HTTP {status}")
+        upstream = service_status(kept)
+        if call.made_up and upstream is not None and 400 <= upstream < 500 and upstream != 429 and status in (400, 404):
+            return Result(call, status, seconds, size,
+                          f"not tried with real input (the service's {upstream} to made-up values)", "untried")
+        return Result(call, status, seconds, size, f"HTTP {status}" + (f" (the service's {upstream})" if upstream else ""))
     if not finished:
         if streaming:
             return Result(call, status, seconds, size, outcome="streams")
@@ -217,7 +319,33 @@ async def execute(session: aiohttp.ClientSession, call: SmokeCall, limits: Limit
     generic = call.expect_type == "application/octet-stream"  # "some file": any type will do
     if call.expect_type and not generic and not content_type.startswith(call.expect_type):
         return Result(call, status, seconds, size, f"expected {call.expect_type}, got {content_type or 'none'}")
-    return Result(call, status, seconds, size)
+    return Result(call, status, seconds, size, body=kept)
+
+
+def service_status(body: bytes) -> int | None:
+    """The service's own status in a cord's error answer (`upstream_status`, README's error table),
+    also inside the gateway's `detail` ("Invalid request: ..." + the chute's JSON); else None."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return None
+    for _ in range(3):
+        if not isinstance(data, dict):
+            return None
+        status = data.get("upstream_status")
+        if isinstance(status, int) and not isinstance(status, bool):
+            return status
+        detail = data.get("detail")
+        if not isinstance(detail, str) or not detail.startswith("Invalid request: "):
+            return None
+        text = detail
+        while text.startswith("Invalid request: "):
+            text = text.removeprefix("Invalid request: ")
+        try:
+            data = json.loads(text)
+        except ValueError:
+            return None
+    return None
 
 
 async def run_calls(calls: list[SmokeCall], limits: Limits, check: Callable[[], None] = lambda: None) -> list[Result]:
@@ -236,8 +364,29 @@ async def run_calls(calls: list[SmokeCall], limits: Limits, check: Callable[[], 
                 check()
                 await asyncio.sleep(0.2)
 
+        async def in_order() -> list[Result]:
+            """Phase by phase (PHASES), then each linked call once the call it waits for is done."""
+            results: list[Result | None] = [None] * len(calls)
+
+            async def run(indexes: list[int], prepare=lambda i: calls[i]) -> None:
+                done = await asyncio.gather(*(one(prepare(i)) for i in indexes))
+                for index, result in zip(indexes, done):
+                    results[index] = result
+
+            waiting = [i for i, call in enumerate(calls) if call.after is not None]
+            for phase in sorted({call.phase for call in calls}):
+                await run([i for i, call in enumerate(calls) if call.after is None and call.phase == phase])
+                while True:
+                    ready = [i for i in waiting if results[calls[i].after] is not None and calls[i].phase <= phase]
+                    if not ready:
+                        break
+                    waiting = [i for i in waiting if i not in ready]
+                    await run(ready, lambda i: linked(calls[i], results[calls[i].after]))
+            await run(waiting)  # waiting on a call that waits in turn: as they are
+            return [result for result in results if result is not None]
+
         check()
-        everything = asyncio.gather(*(one(call) for call in calls))
+        everything = asyncio.ensure_future(in_order())
         watcher = asyncio.ensure_future(watch())
         try:
             await asyncio.wait([everything, watcher], return_when=asyncio.FIRST_COMPLETED)
@@ -290,8 +439,12 @@ def smoke(config: RunConfig, stop: threading.Event, limits: Limits) -> int:
         results = asyncio.run(run_calls(calls, limits, check))
     print(table(results))
     failed = [r for r in results if not r.ok]
+    untried = [r for r in results if r.outcome == "untried"]
     print(f"\n{summary_line(results)}")
-    print(f"{len(results) - len(failed)} passed, {len(failed)} failed")
+    print(f"{len(results) - len(failed) - len(untried)} passed, {len(failed)} failed"
+          + (f", {len(untried)} not tried with real input" if untried else ""))
+    if untried:
+        print(UNTRIED_HINT.format(key=untried[0].call.key))
     return 1 if failed else 0
 
 

@@ -15,7 +15,7 @@ from typing import Any, Callable, Mapping
 from urllib.parse import quote
 
 from tools.runtime.errors import NotGradio
-from tools.runtime.gradio_spec import API_PREFIX_5, KIND, GradioFunction, Output, Parameter
+from tools.runtime.gradio_spec import API_PREFIX_5, KIND, ChatSpec, GradioFunction, Output, Parameter
 from tools.runtime.routes import Route
 
 _TYPES = {"string": "string", "integer": "integer", "number": "number", "boolean": "boolean",
@@ -59,10 +59,10 @@ def parse_app(config: Mapping[str, Any], info: Mapping[str, Any]) -> list[Gradio
     """Every named function of an app from its `/config` and `<prefix>/info` documents."""
     version = str(config.get("version") or "")
     prefix = _api_prefix(config)
-    generators = {
-        str(dep.get("api_name")): bool((dep.get("types") or {}).get("generator"))
-        for dep in config.get("dependencies") or [] if isinstance(dep, Mapping) and dep.get("api_name")
-    }
+    deps = [dep for dep in config.get("dependencies") or [] if isinstance(dep, Mapping)]
+    by_name = {str(dep.get("api_name")): dep for dep in deps if dep.get("api_name")}
+    components = {comp.get("id"): comp for comp in config.get("components") or [] if isinstance(comp, Mapping)}
+    generators = {name: bool((dep.get("types") or {}).get("generator")) for name, dep in by_name.items()}
     named = info.get("named_endpoints") or {}
     if not isinstance(named, Mapping):
         raise NotGradio("the app's info has no named_endpoints object")
@@ -86,12 +86,66 @@ def parse_app(config: Mapping[str, Any], info: Mapping[str, Any]) -> list[Gradio
                    label=raw.get("label"), component=raw.get("component"))
             for raw in spec.get("returns") or [] if isinstance(raw, Mapping)
         ]
+        dep = by_name.get(api_name) or {}
         functions.append(GradioFunction(
             api_name=api_name, parameters=tuple(params), outputs=tuple(outputs),
             generator=generators.get(api_name, False), api_prefix=prefix, version=version or None,
             description=spec.get("description") or None,
+            hidden_inputs=_hidden(dep.get("inputs"), components), hidden_outputs=_hidden(dep.get("outputs"), components),
+            chat=_chat(dep, deps, components, _major(version)),
         ))
     return functions
+
+
+def _is_hidden(component: Any) -> bool:
+    """A component the API info leaves out: gr.State always; what Gradio marks `skip_api` (6.x Buttons)."""
+    if not isinstance(component, Mapping):
+        return False
+    return bool(component.get("skip_api", component.get("type") == "state"))
+
+
+def _hidden(ids: Any, components: Mapping[Any, Mapping]) -> tuple[int, ...]:
+    return tuple(i for i, cid in enumerate(ids or []) if _is_hidden(components.get(cid)))
+
+
+def _kind(components: Mapping[Any, Mapping], cid: Any) -> str | None:
+    component = components.get(cid)
+    return component.get("type") if isinstance(component, Mapping) else None
+
+
+def _chat(dep: Mapping, deps: list[Mapping], components: Mapping[Any, Mapping], major: int) -> ChatSpec | None:
+    """How a ChatInterface function takes a caller's history (gradio_spec.ChatSpec), or None when the
+    function keeps no chat history in a State."""
+    inputs = list(dep.get("inputs") or [])
+    states = [cid for cid in inputs if _kind(components, cid) == "state"]
+    if not inputs or not states:
+        return None
+
+    def chat_format(chatbot_id: Any) -> str:
+        declared = (components.get(chatbot_id, {}).get("props") or {}).get("type")
+        return declared if declared in ("messages", "tuples") else ("messages" if major >= 6 else "tuples")
+
+    for other in deps:  # 5.x (later) and 6.x: a hidden function copies a Chatbot into the history State
+        ins = list(other.get("inputs") or [])
+        if len(ins) == 1 and _kind(components, ins[0]) == "chatbot" and set(states) & set(other.get("outputs") or []) \
+                and other.get("api_name"):
+            return ChatSpec(format=chat_format(ins[0]), parts=major >= 6, setter=str(other["api_name"]))
+    # 4.x, 5.0: replay the UI's chain: `_clear_and_save_textbox` (this function's textbox -> the saved
+    # input State), then `_submit_fn` (that State and the Chatbot -> the Chatbot, the reply last)
+    save = next((d for d in deps if str(d.get("api_name", "")).startswith("_clear_and_save_textbox")
+                 and (d.get("inputs") or [None])[0] == inputs[0]), None)
+    saved = [cid for cid in (save or {}).get("outputs") or [] if _kind(components, cid) == "state"]
+    submit = next((d for d in deps if str(d.get("api_name", "")).startswith(("_submit_fn", "_stream_fn"))
+                   and saved and (d.get("inputs") or [None])[0] == saved[0]), None)
+    if save is None or submit is None:
+        return None
+    roles = tuple("state" if _kind(components, cid) == "state" else "chatbot" if _kind(components, cid) == "chatbot"
+                  else "arg" for cid in submit.get("inputs") or [])
+    chatbot = next(cid for cid in submit["inputs"] if _kind(components, cid) == "chatbot") if "chatbot" in roles else None
+    if chatbot is None:
+        return None
+    return ChatSpec(format=chat_format(chatbot), parts=major >= 6, save=str(save["api_name"]),
+                    save_inputs=len(save.get("inputs") or []), submit=str(submit["api_name"]), submit_inputs=roles)
 
 
 def _api_prefix(config: Mapping[str, Any]) -> str:

@@ -7,11 +7,12 @@ JSON body) or a skip reason. What may become a cord is decided by `routes.decide
 
 from __future__ import annotations
 
+import contextvars
 import datetime
 import json
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Iterable, Iterator, Mapping
 from urllib.parse import unquote, urlparse
 
@@ -46,6 +47,16 @@ STREAM_TYPES = ("text/event-stream", "application/x-ndjson", "application/jsonl"
 EXAMPLE_TEXT = "Hello from chutes-wrappers"
 _TEXT_FIELD_NAMES = {"text", "prompt", "input", "message", "query", "content", "question", "sentence"}
 _MAX_DEPTH = 8
+# How many values of the example being built were made up by type ("string", 0, false), not taken
+# from the spec's examples, defaults or enums: a service's 4xx to such a call says little about it
+# (--smoke reports it as "not tried with real input").
+_MADE_UP: contextvars.ContextVar[list[int]] = contextvars.ContextVar("made_up")
+
+
+def _made_up() -> None:
+    counter = _MADE_UP.get(None)
+    if counter is not None:
+        counter[0] += 1
 _PARAM_RE = re.compile(r"\{([^{}/]*)\}")
 
 
@@ -192,6 +203,7 @@ def convert_document(doc: Mapping, port: int | None, source: str) -> Conversion:
     prefix = _swagger_prefix(doc) if swagger else _openapi_prefix(doc)
     out = Conversion(version=version, prefix=prefix)
     no_responses: list[str] = []
+    operation_ids = _operation_ids(doc, resolver, prefix)
     for raw_path, item in doc["paths"].items():
         raw_path = str(raw_path)
         if not raw_path.startswith("/"):
@@ -208,8 +220,50 @@ def convert_document(doc: Mapping, port: int | None, source: str) -> Conversion:
             if not isinstance(operation.get("responses"), Mapping):
                 no_responses.append(f"{method} {path}")
             _convert_operation(out, resolver, doc, path, method, operation, shared, port, swagger)
+            if out.routes and (out.routes[-1].path, out.routes[-1].method) == (path, method) and not swagger:
+                links = _links(resolver, operation, operation_ids, prefix)
+                if links:
+                    out.routes[-1] = replace(out.routes[-1], links=links)
     out.warnings = _defect_warnings(aliases, no_responses, resolver.missing)
     return out
+
+
+def _operation_ids(doc: Mapping, resolver: Resolver, prefix: str) -> dict[str, str]:
+    """operationId -> "METHOD /path" of every operation (links name their target so)."""
+    ids = {}
+    for raw_path, item in doc["paths"].items():
+        item, _ = resolver.deref(item)
+        if not str(raw_path).startswith("/") or not isinstance(item, Mapping):
+            continue
+        for method, operation in _operations(item):
+            operation, _ = resolver.deref(operation)
+            if isinstance(operation, Mapping) and isinstance(operation.get("operationId"), str):
+                ids[operation["operationId"]] = f"{method} {_join(prefix, str(raw_path))}"
+    return ids
+
+
+def _links(resolver: Resolver, operation: Mapping, operation_ids: Mapping[str, str], prefix: str) -> tuple[dict, ...]:
+    """OpenAPI 3 links of the operation's success answer: which operation takes a value of it, and
+    how: ({"to": "METHOD /path", "parameters": {name: "$response.body#/pointer" or a constant}}, ...).
+    --smoke calls the target after this operation, with those values (an id it created, say)."""
+    response, _ = _success_response(resolver, operation)
+    links = response.get("links") if isinstance(response, Mapping) else None
+    out = []
+    for link in (links or {}).values() if isinstance(links, Mapping) else ():
+        link, _ = resolver.deref(link)
+        if not isinstance(link, Mapping) or not isinstance(link.get("parameters"), Mapping):
+            continue
+        target = operation_ids.get(link.get("operationId")) if link.get("operationId") else None
+        ref = link.get("operationRef")
+        if target is None and isinstance(ref, str) and ref.startswith("#/paths/"):
+            raw_path, _, method = ref[len("#/paths/"):].rpartition("/")
+            path = unquote(raw_path).replace("~1", "/").replace("~0", "~")
+            if method.lower() in OPERATION_KEYS and path.startswith("/"):
+                target = f"{method.upper()} {_join(prefix, path)}"
+        if target:
+            params = {str(name): _jsonable(value) for name, value in link["parameters"].items()}
+            out.append({"to": target, "parameters": params})
+    return tuple(out)
 
 
 # Type names that are not JSON Schema's but that real specs use (hand-written Swagger 2.0 above all):
@@ -307,6 +361,22 @@ def _convert_operation(
         out.skipped.append({"path": path, "method": method, "port": port, "reason": decision.skip_reason})
         return
     params = _parameters(resolver, shared, operation.get("parameters"))
+    counter = [0]
+    token = _MADE_UP.set(counter)
+    try:
+        route = _convert_shapes(out, resolver, doc, path, method, operation, params, template_params, decision, port,
+                                swagger)
+    finally:
+        _MADE_UP.reset(token)
+    if route is not None:
+        if route.example is not None:
+            route = replace(route, example_source="generated" if counter[0] else "spec")
+        out.routes.append(route)
+
+
+def _convert_shapes(out: Conversion, resolver: Resolver, doc: Mapping, path: str, method: str, operation: Mapping,
+                    params: list[dict], template_params: list[str], decision: Any, port: int | None,
+                    swagger: bool) -> Route | None:
     if swagger:
         request = _swagger_request(resolver, doc, operation, params)
         response_kind, content_type = _swagger_response(resolver, doc, operation)
@@ -315,14 +385,14 @@ def _convert_operation(
         response_kind, content_type = _openapi_response(resolver, operation)
     if request.skip_reason:
         out.skipped.append({"path": path, "method": method, "port": port, "reason": request.skip_reason})
-        return
+        return None
     if request.kind == "none" and method in BODY_METHODS:
         # Hand-written and generated specs often leave a POST's body out: the caller's keys that are
         # not query parameters go in a JSON body (routes.UNDECLARED), not in the query string.
         request.kind = UNDECLARED
     path_params = _unique([p["name"] for p in params if p.get("in") == "path"] + template_params)
     example = _with_parameter_examples(resolver, request, params, path_params)
-    out.routes.append(
+    return (
         Route(
             path=path,
             method=method,
@@ -395,6 +465,7 @@ def _parameter_examples(resolver: Resolver, params: list[dict], every: bool = Fa
                 value = 1  # a path segment counts or names something: /bytes/0 or /items/0 is seldom valid
         if value is None and every:  # a path parameter of unknown type still needs a segment
             value = _untyped_segment(name)
+            _made_up()
         values[name] = value
     return {key: value for key, value in values.items() if value is not None}
 
@@ -503,16 +574,14 @@ def _openapi_request(resolver: Resolver, operation: Mapping) -> RequestShape:
     if not isinstance(content, Mapping) or not content:
         return RequestShape()
     types = {media_type(key): value if isinstance(value, Mapping) else {} for key, value in content.items()}
-    json_types = [t for t in types if is_json_type(t)]
-    json_type = next((t for t in json_types if not t.startswith("*")), json_types[0] if json_types else None)
-    if json_type:
-        media = types[json_type]
-        return RequestShape("json", example=_media_example(resolver, media))
+    forms = []
     for ctype, kind in (("multipart/form-data", "multipart"), ("application/x-www-form-urlencoded", "form")):
         candidates = [t for t in types if t == ctype or (kind == "multipart" and t.startswith("multipart/"))]
         if candidates:
             media = types[candidates[0]]
             fields = file_fields(resolver, media.get("schema"))
+            if kind == "multipart":  # Django REST framework's spectacular declares an upload as a URL
+                fields += _upload_named_uris(resolver, media.get("schema"))
             encoding = media.get("encoding")
             if isinstance(encoding, Mapping):  # a part with its own content type is a file part
                 for name, enc in encoding.items():
@@ -521,9 +590,37 @@ def _openapi_request(resolver: Resolver, operation: Mapping) -> RequestShape:
                             and not media_type(ctype_of_part).startswith("text/plain"):
                         fields.append(str(name))
             fields = _unique(fields)
-            return RequestShape(kind, file_fields=fields, example=_form_example(resolver, media, fields))
+            forms.append(RequestShape(kind, file_fields=fields, example=_form_example(resolver, media, fields)))
+    json_types = [t for t in types if is_json_type(t)]
+    json_type = next((t for t in json_types if not t.startswith("*")), json_types[0] if json_types else None)
+    # JSON wins, unless a form the route also takes carries files: JSON cannot carry those.
+    with_files = next((form for form in forms if form.kind == "multipart" and form.file_fields), None)
+    if json_type and with_files is None:
+        media = types[json_type]
+        return RequestShape("json", example=_media_example(resolver, media))
+    if with_files is not None:
+        return with_files
+    if forms:
+        return forms[0]
     # Anything else is a raw body (audio, image, octet-stream, text): sent upstream as bytes.
     return RequestShape("raw", content_type=_raw_type(types))
+
+
+_UPLOAD_WORDS = ("file", "upload", "image", "audio", "video", "photo", "picture", "document", "attachment", "avatar")
+
+
+def _upload_named_uris(resolver: Resolver, schema: Any) -> list[str]:
+    """Properties of a multipart schema that are URL strings named like uploads (`file`, `image`...):
+    drf-spectacular declares a FileField so unless COMPONENT_SPLIT_REQUEST is set."""
+    schema, seen = resolver.deref(schema)
+    props = schema.get("properties") if isinstance(schema, Mapping) else None
+    out = []
+    for name, prop in (props or {}).items() if isinstance(props, Mapping) else ():
+        prop, _ = resolver.deref(prop, seen)
+        if isinstance(prop, Mapping) and "string" in _types(prop) and prop.get("format") in ("uri", "url") \
+                and any(word in str(name).lower() for word in _UPLOAD_WORDS):
+            out.append(str(name))
+    return out
 
 
 def _swagger_request(resolver: Resolver, doc: Mapping, operation: Mapping, params: list[dict]) -> RequestShape:
@@ -761,6 +858,8 @@ def example_of(
 
 
 def _example_by_type(resolver: Resolver, schema: Mapping, kind: str | None, name, seen, depth) -> Any:
+    if kind in ("integer", "number", "boolean") or (kind == "string" and schema.get("format") not in ("binary", "byte")):
+        _made_up()  # (a file's bytes are never made up: --smoke sends a real sample file)
     if kind == "object":
         return _object_example(resolver, schema, seen, depth)
     if kind == "array":
@@ -818,6 +917,7 @@ def _object_example(resolver: Resolver, schema: Mapping, seen: frozenset, depth:
     if free_form and schema.get("additionalProperties", True) is not False and set(_types(schema)) <= {"object"}:
         # A free-form object: `{}` would do, but SDK passthrough cords send no body for `{}`.
         out["key"] = "value"
+        _made_up()
     return out
 
 

@@ -32,7 +32,7 @@ from tools.cord_table import Cord, chutes_url, cords_of
 from tools.deploy_module import ROOT, DeployModule
 from tools.platform.chatter import SdkChatter
 from tools.platform.gateway import STATS_PATH
-from tools.processes import Child, chutes_executable, http_answers, wait_until
+from tools.processes import Child, chutes_executable, http_answers, wait_for_service, wait_until
 from tools.runtime.constants import (
     DEFAULT_CHUTE_PORT, DEFAULT_LOCAL_TIMEOUT, EXECUTION_CONTEXT_ENV, REMOTE, SERVICE_EXTERNAL_ENV, chute_ports,
     port_argument, without_chutes_secrets,
@@ -98,7 +98,8 @@ def start_stack(config: RunConfig, stop: threading.Event | None = None,
     module = deploy_module.load(config.module)
     name = module.name
     ports = module.ports()
-    host_command = module.host_command
+    host_command = module.check_host_command()
+    ready_paths = module.ready_paths()
     cords = cords_of(module.chute)
     port, logging_port = chute_ports(config.port, config.logging_port)
     start_service = host_command is not None and not config.no_service
@@ -107,20 +108,25 @@ def start_stack(config: RunConfig, stop: threading.Event | None = None,
                  **({p: f"service port of {name}" for p in ports} if start_service else {})})
     stop = stop or threading.Event()
     env = without_chutes_secrets(os.environ)
-    service_env = dict(env, **module.env)
+    local_env, notes = module.local_env()
+    service_env = dict(env, **local_env)
     children: list[Child] = []
     try:
         if start_service:
+            for note in notes:
+                print(f"note: {note}", flush=True)
             print(f"starting service: {shlex.join(host_command)}", flush=True)
             service = Child("service", host_command, service_env, module.directory, echo=not config.quiet)
             children.append(service)
-            wait_until(lambda: all(port_listens(p) for p in ports), service, config.timeout, "the service", stop)
+            wait_for_service(ports, ready_paths, config.timeout, stop, service)
         elif not all(port_listens(p) for p in ports):
             closed = ", ".join(str(p) for p in ports if not port_listens(p))
             raise WrapperError(
                 f"nothing listens on service port(s) {closed}",
                 f"start the service first, or set HOST_COMMAND in {name}.py",
             )
+        else:
+            wait_for_service(ports, ready_paths, config.timeout, stop)
 
         chute_env = chute_environment(env)
         chute_env[SERVICE_EXTERNAL_ENV] = "1"  # the service runs on the host: the chute only waits for it

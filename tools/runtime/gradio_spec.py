@@ -74,6 +74,47 @@ class Output:
 
 
 @dataclass(frozen=True)
+class ChatSpec:
+    """How a ChatInterface function takes a caller's history. Its history lives in a gr.State, which
+    Gradio fills from the session, never from the call: so the history is put into a fresh session
+    first. Either `setter` (5.x later, 6.x: the hidden function that copies a Chatbot value into the
+    function's history State), or, where there is none (4.x, 5.0), the UI's own chain is replayed:
+    `save` (the message into the saved-input State) then `submit` (saved input and Chatbot value ->
+    the Chatbot's new value, the reply last). All of it internals of gr.ChatInterface, found by
+    structure at discovery (tools/discovery/gradio.py)."""
+
+    format: str = "messages"  # the app's Chatbot: "messages" ({"role", "content"}) or "tuples" ([user, bot])
+    parts: bool = False  # 6.x: a message's content is a list of {"type": "text", "text": ...}
+    setter: str | None = None
+    save: str | None = None
+    save_inputs: int = 1
+    submit: str | None = None
+    submit_inputs: tuple[str, ...] = ()  # per input of `submit`: "state", "chatbot" or "arg"
+
+    def to_json(self) -> dict:
+        out: dict[str, Any] = {"format": self.format, "parts": self.parts}
+        if self.setter:
+            out["setter"] = self.setter
+        if self.save and self.submit:
+            out.update(save=self.save, save_inputs=self.save_inputs, submit=self.submit,
+                       submit_inputs=list(self.submit_inputs))
+        return out
+
+    @classmethod
+    def from_json(cls, raw: Any, where: str) -> "ChatSpec | None":
+        if raw is None:
+            return None
+        if not isinstance(raw, Mapping) or raw.get("format") not in ("messages", "tuples"):
+            raise ValueError(f"{where}: expected {{\"format\": \"messages\" | \"tuples\", ...}}")
+        roles = raw.get("submit_inputs") or []
+        if not isinstance(roles, list) or not all(role in ("state", "chatbot", "arg") for role in roles):
+            raise ValueError(f"{where}.submit_inputs: expected a list of \"state\", \"chatbot\" or \"arg\"")
+        return cls(format=raw["format"], parts=bool(raw.get("parts")), setter=raw.get("setter"),
+                   save=raw.get("save"), save_inputs=int(raw.get("save_inputs") or 1), submit=raw.get("submit"),
+                   submit_inputs=tuple(roles))
+
+
+@dataclass(frozen=True)
 class GradioFunction:
     """A named function of a Gradio app: what its cord needs to call it (the manifest's `gradio`)."""
 
@@ -84,6 +125,11 @@ class GradioFunction:
     api_prefix: str = API_PREFIX_5
     version: str | None = None
     description: str | None = None
+    # Positions, in the app's own order of the function's inputs and outputs, of those its API info
+    # leaves out (gr.State, and on 6.x Buttons): the call sends null there, the answer drops them.
+    hidden_inputs: tuple[int, ...] = ()
+    hidden_outputs: tuple[int, ...] = ()
+    chat: ChatSpec | None = None
 
     @property
     def single_file_output(self) -> bool:
@@ -104,6 +150,12 @@ class GradioFunction:
         }
         if self.description:
             out["description"] = self.description
+        if self.hidden_inputs:
+            out["hidden_inputs"] = list(self.hidden_inputs)
+        if self.hidden_outputs:
+            out["hidden_outputs"] = list(self.hidden_outputs)
+        if self.chat is not None:
+            out["chat"] = self.chat.to_json()
         return out
 
     @classmethod
@@ -122,6 +174,13 @@ class GradioFunction:
             raise ValueError(f"{where}.parameters: expected a list of {{\"name\": ..., \"type\": ...}}")
         if not isinstance(outputs, list) or not all(isinstance(o, Mapping) for o in outputs):
             raise ValueError(f"{where}.outputs: expected a list of {{\"type\": ...}}")
+        hidden = {}
+        for key in ("hidden_inputs", "hidden_outputs"):
+            value = raw.get(key) or []
+            if not isinstance(value, list) or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0
+                                                      for i in value):
+                raise ValueError(f"{where}.{key}: expected a list of positions (0, 1, ...)")
+            hidden[key] = tuple(value)
         return cls(
             api_name=name.strip("/"),
             parameters=tuple(Parameter.from_json(p) for p in params),
@@ -130,4 +189,6 @@ class GradioFunction:
             api_prefix=prefix.rstrip("/"),
             version=raw.get("version"),
             description=raw.get("description"),
+            chat=ChatSpec.from_json(raw.get("chat"), f"{where}.chat"),
+            **hidden,
         )

@@ -15,15 +15,17 @@ import shlex
 import signal
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Mapping, Sequence
 
+import aiohttp
 from loguru import logger
 
 from tools.runtime.sdk.chute import on_shutdown
 from tools.runtime.constants import APP_DIR, DEFAULT_SERVICE_TIMEOUT, SERVICE_EXTERNAL_ENV, env_flag, without_chutes_secrets
 from tools.runtime.errors import ServiceError, WrapperError
 from tools.runtime.process_groups import KILL_GRACE, die_with_parent, stop_group
-from tools.runtime.image import BASE_ENV_FILE, VENV_DIR
+from tools.runtime.image import BASE_ENV_FILE, VENV_DIR, caller_file
+from tools.runtime.routes import choose_manifest, parse_ready_paths
 
 if TYPE_CHECKING:
     from chutes.chute import Chute
@@ -87,6 +89,15 @@ def service_environment(extra: Mapping[str, str] | None = None, base: Mapping[st
 
 # --------------------------------------------------------------------------------------------------
 # Readiness
+#
+# A port that accepts connections is a live service, not a ready one: model servers open their port
+# long before their model is loaded (MLServer answers 400 until then, BentoML's /readyz 503, and some
+# hold every request until they are done). A call sent in that window is an instance failure on
+# Chutes. So a port may have a readiness path (SERVICE_READY_PATHS, else what discovery found), and
+# the service is ready when that path answers 2xx.
+
+READY_PROBE_TIMEOUT = 5.0  # seconds one readiness GET may take (a service may hold it while loading)
+_BODY_SNIPPET = 160
 
 
 async def port_open(host: str, port: int, timeout: float) -> str | None:
@@ -105,44 +116,135 @@ async def port_open(host: str, port: int, timeout: float) -> str | None:
     return None
 
 
+async def http_ready(session: aiohttp.ClientSession, host: str, port: int, path: str, timeout: float) -> str | None:
+    """None when GET http://host:port/path answers 2xx, else the answer (or why there was none)."""
+    try:
+        async with session.get(f"http://{host}:{port}{path}", timeout=aiohttp.ClientTimeout(total=timeout)) as answer:
+            if 200 <= answer.status < 300:
+                return None
+            body = (await answer.content.read(_BODY_SNIPPET)).decode("utf-8", "replace").strip()
+            return f"GET {path} answered {answer.status}" + (f" {body!r}" if body else "")
+    except asyncio.TimeoutError:
+        return f"GET {path}: no answer within {timeout:g}s"
+    except (aiohttp.ClientError, OSError) as exc:
+        return f"GET {path}: {type(exc).__name__}: {exc}"
+
+
+def resolve_ready_paths(
+    ports: Iterable[int], given: Mapping | None = None, module_file: str | os.PathLike | None = None,
+) -> dict[int, str]:
+    """Each port's readiness path: the module's (`given`, SERVICE_READY_PATHS) wins, the ports it leaves
+    out take the module's manifest's (what discovery found); None in `given` means the port alone."""
+    ports = [int(port) for port in ports]
+    given_paths = parse_ready_paths(given)
+    strays = sorted(set(given_paths) - set(ports))
+    if strays:
+        raise WrapperError(f"SERVICE_READY_PATHS names port(s) {', '.join(map(str, strays))}, not in SERVICE_PORTS "
+                           f"({', '.join(map(str, ports))})", "key it by a service port")
+    found: dict[int, str] = {}
+    if module_file is not None:
+        manifest = choose_manifest(module_file).read()
+        found = dict(manifest.ready_paths) if manifest else {}
+    paths = {}
+    for port in ports:
+        path = given_paths[port] if port in given_paths else found.get(port)
+        if path:
+            paths[port] = path
+    return paths
+
+
+async def service_state(
+    port: int, path: str | None, *, host: str = "127.0.0.1", timeout: float = READY_PROBE_TIMEOUT,
+    session: aiohttp.ClientSession | None = None,
+) -> tuple[str | None, str | None]:
+    """(liveness error, readiness error) of one port: None each when live (the port accepts
+    connections) and ready (its readiness path answers 2xx; no path: live is ready)."""
+    live = await port_open(host, port, min(timeout, 1.0))
+    if live or not path:
+        return live, live
+    if session is None:
+        async with aiohttp.ClientSession(trust_env=False) as own:
+            return None, await http_ready(own, host, port, path, timeout)
+    return None, await http_ready(session, host, port, path, timeout)
+
+
 async def wait_for_services(
     ports: Iterable[int],
     timeout: float = DEFAULT_SERVICE_TIMEOUT,
     *,
+    ready_paths: Mapping[int, str] | None = None,
     host: str = "127.0.0.1",
     interval: float = 0.2,
     launcher: ServiceLauncher | None = None,
+    check: Callable[[], None] | None = None,
+    log: bool = True,
 ) -> None:
-    """Wait until every port accepts connections, all ports at once.
+    """Wait until every port accepts connections and, where `ready_paths` names a path for it,
+    that path answers 2xx; all ports at once.
 
-    Raises ServiceError naming the ports still closed at the deadline, or at once (with the
-    service's last output) when `launcher`'s process exits while we wait.
+    Raises ServiceError at the deadline naming the ports still closed and, for each port that is open
+    but not ready, its readiness path's last answer. Raises at once (with the service's last output)
+    when `launcher`'s process exits while we wait; `check` runs every round and may raise too.
     """
-    pending = list(dict.fromkeys(int(port) for port in ports))
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while pending:
-        results = await asyncio.gather(*(port_open(host, port, 1.0) for port in pending))
-        pending = [port for port, error in zip(pending, results) if error]
-        if not pending:
-            break
-        if launcher is not None:
-            launcher.check_alive()
-        if loop.time() >= deadline:
-            names = ", ".join(str(port) for port in pending)
-            raise ServiceError(
-                f"service port(s) {names} not accepting connections after {timeout:g}s",
-                "check the service's log above, or raise the timeout",
-            )
-        await asyncio.sleep(min(interval, max(0.0, deadline - loop.time())))
-    logger.info(f"services ready on port(s) {', '.join(str(int(p)) for p in ports)}")
-
-
-async def probe_services(ports: Iterable[int], timeout: float = 5, *, host: str = "127.0.0.1") -> list[str]:
-    """Check every port concurrently; returns one error string per port that does not answer."""
     ports = list(dict.fromkeys(int(port) for port in ports))
-    results = await asyncio.gather(*(port_open(host, port, timeout) for port in ports))
-    return [error for error in results if error]
+    paths = {int(port): path for port, path in (ready_paths or {}).items() if path}
+    pending = list(ports)
+    last: dict[int, str] = {}
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    deadline = started + timeout
+    took: dict[int, float] = {}
+    async with aiohttp.ClientSession(trust_env=False) as session:
+        while pending:
+            probe_timeout = max(0.5, min(READY_PROBE_TIMEOUT, deadline - loop.time()))
+            results = await asyncio.gather(*(
+                service_state(port, paths.get(port), host=host, timeout=probe_timeout, session=session)
+                for port in pending))
+            still = []
+            for port, (live, ready) in zip(pending, results):
+                if ready is None:
+                    took[port] = loop.time() - started
+                else:
+                    still.append(port)
+                    last[port] = ready if live is None else ""
+            pending = still
+            if not pending:
+                break
+            if launcher is not None:
+                launcher.check_alive()
+            if check is not None:
+                check()
+            if loop.time() >= deadline:
+                raise ServiceError(_not_ready(pending, paths, last, timeout),
+                                   "check the service's log above, raise the timeout, or fix SERVICE_READY_PATHS")
+            await asyncio.sleep(min(interval, max(0.0, deadline - loop.time())))
+    detail = ", ".join(f"{port}: GET {paths[port]} 2xx after {took.get(port, 0):.1f}s" for port in ports if port in paths)
+    if log:
+        logger.info(f"services ready on port(s) {', '.join(str(p) for p in ports)}" + (f" ({detail})" if detail else ""))
+
+
+def _not_ready(pending: list[int], paths: Mapping[int, str], last: Mapping[int, str], timeout: float) -> str:
+    closed = [port for port in pending if not last.get(port)]
+    parts = []
+    if closed:
+        parts.append(f"service port(s) {', '.join(map(str, closed))} not accepting connections after {timeout:g}s")
+    for port in pending:
+        if last.get(port):
+            parts.append(f"port {port} accepts connections but is not ready after {timeout:g}s "
+                         f"(ready when GET {paths[port]} answers 2xx; its last answer: {last[port].removeprefix(f'GET {paths[port]} ')})")
+    return "; ".join(parts)
+
+
+async def probe_services(
+    ports: Iterable[int], timeout: float = 5, *, host: str = "127.0.0.1", ready_paths: Mapping[int, str] | None = None,
+) -> list[str]:
+    """Check every port concurrently (and its readiness path, if any); one error string per port
+    that does not answer or is not ready."""
+    ports = list(dict.fromkeys(int(port) for port in ports))
+    paths = dict(ready_paths or {})
+    results = await asyncio.gather(*(service_state(port, paths.get(port), host=host, timeout=timeout) for port in ports))
+    return [f"port {port}: {ready}" if live is None else live
+            for port, (live, ready) in zip(ports, results) if ready]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -264,12 +366,18 @@ def attach_service(
     timeout: float = DEFAULT_SERVICE_TIMEOUT,
     env: Mapping[str, str] | None = None,
     cwd: str | os.PathLike | None = None,
+    ready_paths: Mapping[int, str | None] | None = None,
 ) -> ServiceLauncher | None:
-    """Start `entrypoint` when the chute starts, wait for `ports`, stop it when the chute stops.
+    """Start `entrypoint` when the chute starts, wait until `ports` are ready, stop it when the chute stops.
+
+    Ready: every port accepts connections and, where it has a readiness path, that path answers 2xx
+    (`ready_paths`, the module's SERVICE_READY_PATHS; ports it leaves out take what discovery wrote
+    into the module's manifest). The chute serves no call before that.
 
     With no entrypoint, or with CHUTES_SERVICE_EXTERNAL=1 (the service is started by someone else,
-    as `deploy.sh --run` does on the host), the chute only waits for the ports.
+    as `deploy.sh --run` does on the host), the chute only waits.
     """
+    paths = resolve_ready_paths(ports, ready_paths, caller_file())
     external = env_flag(SERVICE_EXTERNAL_ENV)
     launcher = None if (entrypoint is None or external) else ServiceLauncher(entrypoint, env=env, cwd=cwd)
 
@@ -279,7 +387,7 @@ def attach_service(
         if launcher is not None:
             await launcher.start()
         try:
-            await wait_for_services(ports, timeout=timeout, launcher=launcher)
+            await wait_for_services(ports, timeout=timeout, launcher=launcher, ready_paths=paths)
         except BaseException:
             if launcher is not None:
                 await launcher.stop()

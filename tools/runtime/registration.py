@@ -11,7 +11,7 @@ own passthrough cannot (uploads, binary/text answers, query strings, streams, up
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Iterable, Mapping, NamedTuple
 
 from loguru import logger
@@ -20,7 +20,7 @@ from tools.runtime.constants import API_PING_PATH, DEFAULT_SERVICE_TIMEOUT
 from tools.runtime.errors import ManifestError, WrapperError
 from tools.runtime.routes import UNSERVED_METHODS, Route, coerce_routes, decide_public_path
 
-OVERRIDE_KEYS = ("mode", "timeout", "file_fields")
+OVERRIDE_KEYS = ("mode", "timeout", "file_fields", "example")
 # "mode" chose between the SDK's passthrough and our proxy cord; every route is a proxy cord now.
 LEGACY_MODES = ("auto", "passthrough", "proxy")
 
@@ -31,6 +31,7 @@ class RouteOptions:
 
     timeout: float | None = None
     file_fields: Mapping[str, str | None] = field(default_factory=dict)  # field -> content type
+    example: Mapping[str, Any] | None = None  # a real call of the route (--smoke, curl lines): the module's
 
     @classmethod
     def parse(cls, key: str, raw: Any) -> "RouteOptions":
@@ -53,7 +54,14 @@ class RouteOptions:
             files = {name: None for name in files}
         if not isinstance(files, Mapping) or not all(isinstance(k, str) and k for k in files):
             raise ManifestError(f"{where}: key 'file_fields' must be a list of names or {{name: content_type}}")
-        return cls(timeout=float(timeout) if timeout else None, file_fields=dict(files))
+        example = raw.get("example")
+        if example is not None and not isinstance(example, Mapping):
+            raise ManifestError(f"{where}: key 'example' must be an object of what a caller sends "
+                                "(path parameters under '_path'), e.g. {'_path': {'model_name': 'my-model'}}")
+        if example is not None and "_path" in example and not isinstance(example["_path"], Mapping):
+            raise ManifestError(f"{where}: key 'example': '_path' must be an object of path parameters")
+        return cls(timeout=float(timeout) if timeout else None, file_fields=dict(files),
+                   example=dict(example) if example is not None else None)
 
 
 @dataclass(frozen=True)
@@ -250,6 +258,8 @@ def plan(
     for route in routes:
         port = route.port if route.port is not None else int(default_port)
         opts = options.get(route.key, RouteOptions())
+        if opts.example is not None:
+            route = replace(route, example=opts.example, example_source="module")
         target = Target(route, port, opts.timeout or timeout, opts.file_fields, upstream_error_status)
         decision = decide_public_path(route.path, route.method, route.public_path)
         if decision.skip_reason:

@@ -77,6 +77,11 @@ class Route:
     example: Any = None
     source: str = "manifest"
     gradio: Any = None  # tools.runtime.gradio_spec.GradioFunction, for request kind "gradio"
+    # Where `example` comes from: "spec" (its examples, defaults, enums), "generated" (some values made
+    # up by type: a 4xx to it is "not tried with real input"), "module" (CHUTE_ROUTE_OVERRIDES); None: unknown
+    example_source: str | None = None
+    # OpenAPI links of its answer: [{"to": "METHOD /path", "parameters": {name: "$response.body#/id"}}]
+    links: tuple = ()
 
     @property
     def upstream_path(self) -> str:
@@ -109,8 +114,12 @@ class Route:
             out["function_name"] = self.function_name
         if self.example is not None:
             out["example"] = self.example
+            if self.example_source:
+                out["example_source"] = self.example_source
         if self.gradio is not None:
             out["gradio"] = self.gradio.to_json()
+        if self.links:
+            out["links"] = [dict(link) for link in self.links]
         return out
 
 
@@ -127,13 +136,19 @@ class Manifest:
     routes: list[Route] = field(default_factory=list)
     skipped: list[dict] = field(default_factory=list)
     source: str | None = None
+    # port -> the path that answers 2xx once the service is ready (found by discovery; the module's
+    # SERVICE_READY_PATHS wins). An optional key: toolkits that predate it ignore it.
+    ready_paths: dict[int, str] = field(default_factory=dict)
 
     def to_json(self) -> dict:
-        return {
+        out: dict[str, Any] = {
             "version": MANIFEST_VERSION,
             "routes": [route.to_json() for route in self.routes],
             "skipped": self.skipped,
         }
+        if self.ready_paths:
+            out["ready_paths"] = {str(port): path for port, path in sorted(self.ready_paths.items())}
+        return out
 
 
 def sanitize_path(path: str) -> str:
@@ -332,12 +347,36 @@ def parse_route(entry: Any, source: str, index: int, origin: str = "manifest", v
         example=entry.get("example"),
         source=origin,
         gradio=gradio,
+        example_source=_example_source(entry, source, index),
+        links=_links(entry.get("links"), source, index),
     )
+
+
+def _links(value: Any, source: str, index: int) -> tuple:
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(
+            isinstance(link, Mapping) and isinstance(link.get("to"), str) and " /" in link["to"]
+            and isinstance(link.get("parameters"), Mapping) for link in value):
+        raise ManifestError(f"{_where(source, index, 'links')}: expected a list of "
+                            "{\"to\": \"METHOD /path\", \"parameters\": {...}}")
+    return tuple({"to": link["to"], "parameters": dict(link["parameters"])} for link in value)
+
+
+EXAMPLE_SOURCES = ("spec", "generated", "module")
+
+
+def _example_source(entry: Mapping, source: str, index: int) -> str | None:
+    value = entry.get("example_source")
+    if value is not None and value not in EXAMPLE_SOURCES:
+        raise ManifestError(f"{_where(source, index, 'example_source')}: {value!r} is not one of {', '.join(EXAMPLE_SOURCES)}")
+    return value
 
 
 def parse_manifest(data: Any, source: str, origin: str = "manifest") -> Manifest:
     """A manifest from decoded JSON: a bare list, or an object with `routes` (any version)."""
     skipped: list[dict] = []
+    ready: dict[int, str | None] = {}
     version = 1
     if isinstance(data, list):
         entries = data
@@ -353,10 +392,30 @@ def parse_manifest(data: Any, source: str, origin: str = "manifest") -> Manifest
         if not isinstance(entries, list):
             raise ManifestError(f"{source}: 'routes' must be a list, got {type(entries).__name__}")
         skipped = list(data.get("skipped") or [])
+        ready = parse_ready_paths(data.get("ready_paths"), f"{source}: key 'ready_paths'")
     else:
         raise ManifestError(f"{source}: expected a list of routes or an object with 'routes', got {type(data).__name__}")
     routes = [parse_route(entry, source, index, origin, version) for index, entry in enumerate(entries)]
-    return Manifest(routes=routes, skipped=skipped, source=source)
+    return Manifest(routes=routes, skipped=skipped, source=source,
+                    ready_paths={port: path for port, path in ready.items() if path})
+
+
+def parse_ready_paths(value: Any, where: str = "SERVICE_READY_PATHS") -> dict[int, str | None]:
+    """{port: "/path"} (ports as numbers or digit strings; None: the port alone tells readiness)."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ManifestError(f"{where}: expected {{port: '/path'}}, e.g. {{8080: '/health'}}")
+    out: dict[int, str | None] = {}
+    for key, path in value.items():
+        port = int(key) if isinstance(key, str) and key.isdigit() else key
+        if not is_port(port):
+            raise ManifestError(f"{where}: {key!r} is not a port number {PORT_MIN}-{PORT_MAX}")
+        if path is not None and (not isinstance(path, str) or not path.startswith("/")
+                                 or any(ch in path for ch in " \r\n\t\0#")):
+            raise ManifestError(f"{where}[{key!r}]: expected a path starting with '/' (or None), got {path!r}")
+        out[port] = path
+    return out
 
 
 def read_manifest_file(path: str | Path) -> Manifest:

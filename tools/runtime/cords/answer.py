@@ -328,7 +328,9 @@ async def send(pool: UpstreamPool, target: Target, outgoing: Outgoing, call: Cal
         body["json"] = outgoing.json_body
     elif outgoing.data is not None:
         body["data"] = outgoing.data
-    headers = dict(outgoing.headers)
+    # the module's CHUTE_UPSTREAM_HEADERS (the session's) win over an Accept default of ours (request.py)
+    fixed = {name.lower() for name in pool.headers}
+    headers = {k: v for k, v in outgoing.headers.items() if not (k == "Accept" and "accept" in fixed)}
     where = f"{route.method} {outgoing.path}"
     too_slow = f"the service did not answer {where} within {target.timeout:g}s"
     loop = asyncio.get_running_loop()

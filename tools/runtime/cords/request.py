@@ -451,4 +451,17 @@ def build_outgoing(target: Target, payload: Any, caller_query: list[tuple[str, s
         if everything or key in declared:
             out.params += param_values(key, body.pop(key))
     kind.fill(target, body, out, sent)
+    accept = declared_accept(route)
+    if accept:
+        out.headers["Accept"] = accept
     return out
+
+
+def declared_accept(route: Route) -> str | None:
+    """The Accept header a binary or text route's calls send: its declared media type first. Callers
+    on Chutes cannot send headers, and some services answer 406 to `*/*` (httpbin's /image picks the
+    format by Accept). A module's own Accept (CHUTE_UPSTREAM_HEADERS) wins."""
+    ctype = (route.content_type or "").strip()
+    if route.response_kind not in ("binary", "text") or not ctype or "*" in ctype or "," in ctype:
+        return None
+    return f"{ctype}, */*;q=0.8"

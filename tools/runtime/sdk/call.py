@@ -170,15 +170,21 @@ async def off_loop(size: int, func: Callable[..., Any], *args: Any) -> Any:
     return await asyncio.to_thread(func, *args)
 
 
+# JSON up to this size goes as {"json"} (the gateway re-serialises it and sends its length); larger JSON
+# goes as a body, byte for byte with its media type: checking that the gateway would read it faithfully
+# (~8 ms per MB) and the gateway's own re-parse and re-dump cost more than they give (bench/platform).
+JSON_ENVELOPE_BYTES = 64 << 10
+
+
 def _envelope(encrypt: Callable[[Any], str], answer: Answer, body: bytes) -> "Response":
-    """A whole answer sealed for the gateway and rendered: {"json": enc} for one JSON document the
-    gateway re-serialises unchanged (it parses it and answers it as JSON), else the Response envelope
+    """A whole answer sealed for the gateway and rendered: {"json": enc} for one JSON document (up to
+    JSON_ENVELOPE_BYTES) the gateway re-serialises unchanged (it parses it and answers it as JSON), else the Response envelope
     the SDK's own cords give on a node (the gateway answers the body with its media type)."""
     import orjson
     from starlette.responses import Response
 
     media_type = answer.media_type
-    if (media_type or "").startswith("application/json") and gateway_reads_json(body):
+    if (media_type or "").startswith("application/json") and len(body) <= JSON_ENVELOPE_BYTES and gateway_reads_json(body):
         envelope: dict[str, Any] = {"json": encrypt(body)}
     else:
         envelope = {"type": "Response", "status_code": answer.status, "headers": dict(answer.headers),
@@ -209,7 +215,6 @@ async def _one(body: bytes) -> AsyncIterator[bytes]:
 
 _INT_MIN, _INT_MAX = -(2**63), 2**64 - 1  # what orjson reads as an integer (beyond: a float)
 _ALL_DIGITS_ZERO, _NINETEEN_DIGITS = bytes.maketrans(b"123456789", b"0" * 9), b"0" * 19
-EXACT_CHECK_BYTES = 64 << 10  # up to here, a long digit run is looked at closely; beyond, it means a body
 
 
 def _int64(text: str) -> int:
@@ -229,7 +234,7 @@ def gateway_reads_json(raw: bytes) -> bool:
 
     An integer beyond 64 bits has 19 digits or more: with no such digit run (found in ~1 ms per MB)
     the orjson parse decides (~7 ms per MB). With one, a small answer is parsed again to see whether it
-    is such an integer; a large one simply goes as a body (a second parse costs ~40 ms per MB)."""
+    is such an integer; a large one simply goes as a body (a second parse costs ~40 ms per MB)."""  # noqa: E501
     import orjson  # a dependency of the SDK, as on the gateway
 
     try:
@@ -238,7 +243,7 @@ def gateway_reads_json(raw: bytes) -> bool:
         return False
     if _NINETEEN_DIGITS not in raw.translate(_ALL_DIGITS_ZERO):
         return True
-    if len(raw) > EXACT_CHECK_BYTES:
+    if len(raw) > JSON_ENVELOPE_BYTES:
         return False
     try:
         json.loads(raw, parse_int=_int64)
