@@ -180,7 +180,7 @@ def test_a_saved_change_restarts_the_chute_beside_the_running_one_and_says_what_
 
     # a file of tools/: the new chute runs the new code
     mark = len(chute.output)
-    edit(project / "tools" / "chute_wrappers.py", '"healthy" if all', '"hale and hearty" if all')
+    edit(project / "tools" / "chute_wrappers.py", '"status": "healthy" if', '"status": "hale and hearty" if')
     said = chute.wait_for("reload: the new chute took calls", after=mark)
     assert "reload: tools/chute_wrappers.py changed" in said and "reload:   no cord changed" in said
     assert requests.get(chute.url("/health"), timeout=30).json()["status"] == "hale and hearty"
