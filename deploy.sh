@@ -22,8 +22,9 @@ ACTIONS=(
   "Build|--new|NAME --image IMAGE|New module from an image|Write deploy_NAME.py for a local image; offers discovery"
   "Build|--discover|MODULE [OPTIONS]|Discover routes|Run the base image, find its routes, write MODULE.routes.json"
   "Build|--validate|MODULE|Validate a module|Import the module, check manifest and routes, print its cords"
+  "Build|--openapi|MODULE [--output FILE]|Write the API document|Write the chute's API as callers on Chutes call it (OpenAPI 3.1)"
   "Build|--build|MODULE [--local]|Build the image|Build the wrapper image: --local with docker/podman, else on Chutes"
-  "Local testing|--run|MODULE [--port N] [--logging-port N] [--no-service] [--timeout N] [--dev]|Run on this machine|Run the module's service and its chute here, called as on Chutes (--dev: SDK dev mode)"
+  "Local testing|--run|MODULE [--port N] [--logging-port N] [--no-service] [--timeout N] [--reload] [--verbose] [--dev]|Run on this machine|Run the module's service and its chute here, called as on Chutes (--dev: SDK dev mode)"
   "Local testing|--smoke|MODULE [--port N] [--logging-port N] [--no-service] [--timeout N] [--verbose] [--call-timeout N] [--concurrency N] [--dev]|Smoke-test every cord|Call every cord once through the chute as on Chutes, a few at a time; fail if any fails"
   "Local testing|--run-docker|MODULE [--port N] [--gpus X] [--timeout N] [--image IMAGE] [--dev]|Run in a container|Run the built image with docker/podman, called as on Chutes; ports on 127.0.0.1 only"
   "Local testing|--cleanup||Remove leftover containers|Remove containers left behind by killed discovery and run-docker runs"
@@ -38,11 +39,11 @@ ACTIONS=(
   "Management|--delete-image|IMAGE|Delete an image|Delete an image (type its name or id to confirm, or --yes)"
   "|--help||Show this help|Show this help"
 )
-VALUE_OPTIONS=(--port --logging-port --timeout --call-timeout --concurrency --backfill --gpus --instance --image)
+VALUE_OPTIONS=(--port --logging-port --timeout --call-timeout --concurrency --backfill --gpus --instance --image --output)
 NUMBER_OPTIONS=(--port --logging-port --timeout --call-timeout --concurrency --backfill)
 PORT_OPTIONS=(--port --logging-port) # numbers in 1-65535 (tools/runtime/constants.py checks the same for the tools)
 readonly MAX_PORT=65535
-FLAG_OPTIONS=(--local --accept-fee --public --no-service --verbose --dev --yes --debug)
+FLAG_OPTIONS=(--local --accept-fee --public --no-service --reload --verbose --dev --yes --debug)
 PASSTHROUGH_ACTIONS=(--discover --new) # their tool parses what follows the value
 
 # Parsed command line (parse_args sets them once; the menu resets them per action).
@@ -170,6 +171,11 @@ Options:
   --port N         --run, --smoke, --run-docker: the chute's port (default 8000)
   --dev            --run, --smoke, --run-docker: the SDK's dev server (chutes run --dev) instead of
                    the chute as on a Chutes node behind the local gateway
+  --reload         --run: restart the chute (not the service) when the module, its manifest or a
+                   file of tools/ changes, and print which cords changed
+  --verbose        --run: also the SDK's own debug chatter; --smoke: the service's and chute's logs
+  --output FILE    --openapi: where to write the document ('-': print it); else MODULE.openapi.json
+                   beside the module
   --timeout N      seconds to wait: for the service and chute (--run, --smoke: 120),
                    the container (--run-docker: 600), the chute to get hot (--warmup: 600)
   --gpus X         --run-docker: auto (default: only with a GPU runtime), none, all, N, or 0,1
@@ -184,6 +190,7 @@ Examples:
   ./deploy.sh --validate deploy_myservice
   ./deploy.sh --build deploy_myservice --local --yes
   ./deploy.sh --run deploy_myservice --port 9000
+  ./deploy.sh --run deploy_myservice --reload
   ./deploy.sh --deploy deploy_myservice --accept-fee --yes
   ./deploy.sh --keep-warm 300 myservice
   ./deploy.sh --delete myservice --yes
@@ -550,6 +557,20 @@ cmd_discover() {
 cmd_validate() {
   value_or_pick_module validate || return
   tool commands.validate "${PICKED}" "${DEBUG_ARGS[@]}"
+}
+
+cmd_openapi() {
+  value_or_pick_module "write the API document of" || return
+  local -a cmd=(commands.openapi "${PICKED}")
+  if [[ -n "$(option_value --output)" ]]; then
+    cmd+=(--output "$(output_path "$(option_value --output)")")
+  fi
+  tool "${cmd[@]}" "${DEBUG_ARGS[@]}"
+}
+
+# Usage: output_path PATH — a relative path taken from the caller's directory (deploy.sh runs in ROOT).
+output_path() {
+  if [[ "$1" == /* || "$1" == - ]]; then printf '%s' "$1"; else printf '%s/%s' "${CALLER_DIR}" "$1"; fi
 }
 
 cmd_build() {

@@ -45,7 +45,7 @@ def cords_of(chute: Any) -> list[Cord]:
             labels = [t.label for t in item.templates]
             cords.append(Cord(
                 view.method, view.public_path, "catch-all: " + ", ".join(label for label in labels if "{" in label),
-                view.stream, example=_catch_all_example(labels), mode="catch-all",
+                view.stream, example=catch_all_example(labels), mode="catch-all",
                 templates=tuple(t.route for t in item.templates if "{" in t.route.path),
             ))
         else:
@@ -59,7 +59,7 @@ def cords_of(chute: Any) -> list[Cord]:
     return cords
 
 
-def _catch_all_example(labels: list[str]) -> dict:
+def catch_all_example(labels: list[str]) -> dict:
     """A call of the first templated route, with its parameters spelled as placeholders."""
     for label in labels:
         method, _, path = label.partition(" ")

@@ -16,20 +16,26 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO, Callable, Iterable, Iterator
 
 from tools.runtime.errors import Interrupted, ServiceError, WrapperError
 from tools.runtime.process_groups import die_with_parent, stop_group
 
 class Child:
-    """A child process in its own process group, its output echoed with a prefix and remembered."""
+    """A child process in its own process group, its output echoed with a prefix and remembered.
+
+    `show(line)` says which lines are echoed (all when None; every line is remembered and logged
+    anyway); `pass_fds` are file descriptors the child inherits (a listening socket)."""
 
     def __init__(self, name: str, argv: list[str], env: dict[str, str], cwd: Path | str, echo: bool = True,
-                 log: BinaryIO | None = None):
+                 log: BinaryIO | None = None, show: Callable[[str], bool] | None = None,
+                 pass_fds: tuple[int, ...] = ()):
         self.name = name
         self.echo = echo
+        self.show = show
         self.log = log  # also written here, line by line, as the child wrote it
         self.tail: collections.deque[str] = collections.deque(maxlen=30)
+        self._stopped = False
         try:
             self.proc = subprocess.Popen(
                 argv,
@@ -40,6 +46,7 @@ class Child:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
                 preexec_fn=die_with_parent,
+                pass_fds=pass_fds,
             )
         except OSError as exc:
             raise ServiceError(f"cannot start {name} ({argv[0]}): {exc.strerror or exc}") from None
@@ -54,7 +61,7 @@ class Child:
                 self.log.flush()
             line = raw.decode("utf-8", "replace").rstrip()
             self.tail.append(line)
-            if self.echo:
+            if self.echo and (self.show is None or self.show(line)):
                 print(f"[{self.name}] {line}", flush=True)
 
     def exited(self) -> bool:
@@ -65,6 +72,12 @@ class Child:
         return ServiceError(f"{self.name} exited with status {self.proc.returncode}; last output:\n{tail}")
 
     def stop(self, timeout: float = 10.0) -> None:
+        """Stop the child and its process group (once: a later call does nothing, so a group id the
+        system has given to someone else since is never signalled)."""
+        if self._stopped:
+            return
+        self._stopped = True
+
         def exited_within(seconds: float) -> bool:
             try:
                 self.proc.wait(seconds)
@@ -76,11 +89,14 @@ class Child:
         self._thread.join(2.0)
 
 
-def wait_until(ready, child: Child, timeout: float, what: str, stop: threading.Event) -> None:
+def wait_until(ready, child: Child, timeout: float, what: str, stop: threading.Event,
+               others: Iterable[Child] = ()) -> None:
+    """Until `ready()`; ServiceError with its last output if `child` (or one of `others`) exits first."""
     deadline = time.monotonic() + timeout
     while not ready():
-        if child.exited():
-            raise child.failure()
+        for one in (child, *others):
+            if one.exited():
+                raise one.failure()
         if stop.is_set():
             raise KeyboardInterrupt
         if time.monotonic() > deadline:

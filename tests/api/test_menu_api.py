@@ -11,7 +11,10 @@ from tests.api.conftest import DEPLOY
 
 pytestmark = pytest.mark.api
 
-PROMPT = "Choose 1-20, or q:"
+# One menu entry per row of deploy.sh's ACTIONS that has a group (all but --help).
+_ACTIONS = re.search(r"^ACTIONS=\((.*?)^\)", DEPLOY.read_text(), re.M | re.S).group(1)
+_ENTRIES = re.findall(r'^\s+"[^|"]+\|', _ACTIONS, re.M)
+PROMPT = f"Choose 1-{len(_ENTRIES)}, or q:"
 
 
 def menu(account, terminal):

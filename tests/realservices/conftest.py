@@ -302,6 +302,19 @@ def chute_runner(request) -> Iterator[Callable[..., ChuteRunner]]:
         yield lambda module, env=None: STARTERS[request.param](module, stack, env)
 
 
+def chute_document(module: Path, runner: ChuteRunner) -> dict:
+    """The chute's API document: as the local gateway serves it (GET /openapi.json), or, behind the dev
+    server (which has none), as `deploy.sh --openapi` builds it from the same plan."""
+    if runner.name == "gateway":
+        answer = requests.get(runner.base_url + "/openapi.json", timeout=30)
+        assert answer.status_code == 200, answer.text
+        return answer.json()
+    from tools import deploy_module
+    from tools.platform.openapi_doc import build_document
+
+    return build_document(deploy_module.load(module, keep=False).chute, local_url=runner.base_url)
+
+
 # --------------------------------------------------------------------------------------------------
 # Comparing answers
 

@@ -5,11 +5,12 @@ errors come in OpenAI's shape. Discovered, wrapped, smoke-tested and compared ca
 from __future__ import annotations
 
 import asyncio
+import importlib
 import json
 
 import pytest
 
-from tests.realservices.conftest import assert_same_answer, discover, media, write_module
+from tests.realservices.conftest import assert_same_answer, chute_document, discover, media, write_module
 from tools.runtime.routes import read_manifest_file
 from tools import deploy_module
 from tools.cord_table import cords_of
@@ -172,3 +173,29 @@ def test_gemini_route_with_a_parameter_inside_a_segment_through_the_catch_all(ll
     direct = llm.call("POST", path, body)
     through = runner.templated("POST", path, body)
     assert_same_answer(direct, through)
+
+
+def test_the_chutes_api_document_is_valid_and_a_client_generated_from_it_calls_stubllm(llm, wrapped,
+                                                                                       tmp_path_factory):
+    """The chute's API document, read by a real validator and a real client generator
+    (openapi-python-client); the generated client calls stubllm through the chute."""
+    from tests.support.client_generator import generate_client
+    from tests.support.openapi_check import check_document
+
+    _, module, runner = wrapped
+    document = chute_document(module, runner)
+    check_document(document)
+    assert {"/v1/chat/completions", "/v1/models", "/v1/embeddings"} <= set(document["paths"])
+    client_package, _ = generate_client(document, tmp_path_factory.mktemp("llm-client"), f"llm_client_{runner.name}")
+    AuthenticatedClient = client_package.AuthenticatedClient
+    get_v1_models, post_v1_chat_completions = (importlib.import_module(f"{client_package.__name__}.api.default.{name}")
+                                               for name in ("get_v1_models", "post_v1_chat_completions"))
+    PostV1ChatCompletionsBody = importlib.import_module(f"{client_package.__name__}.models").PostV1ChatCompletionsBody
+
+    with AuthenticatedClient(base_url=runner.base_url, token="cpk_local_test", timeout=60,
+                             raise_on_unexpected_status=True) as client:
+        answer = post_v1_chat_completions.sync(client=client, body=PostV1ChatCompletionsBody.from_dict(chat("hello")))
+        assert completion(answer) == completion(llm.call("POST", "/v1/chat/completions", chat("hello")).json())
+        assert answer["choices"][0]["message"]["content"] == "Hello from stubllm, nice to meet you."
+        ids = [model["id"] for model in llm.call("GET", "/v1/models").json()["data"]]  # each stamped with the time
+        assert [model["id"] for model in get_v1_models.sync(client=client)["data"]] == ids

@@ -61,6 +61,13 @@ def table_rows() -> list[tuple[str, str, str, str, str]]:
 
 
 ROWS = table_rows()
+MENU = [row for row in ROWS if row[0]]  # the menu's numbered entries, in order
+CHOOSE = f"Choose 1-{len(MENU)}, or q:"
+
+
+def menu_number(flag: str) -> str:
+    """The menu's number of an action (the table's order)."""
+    return str([row[1] for row in MENU].index(flag) + 1)
 VALUE_ACTIONS = [row[1] for row in ROWS if row[2] and not row[2].startswith("[")]
 
 
@@ -304,6 +311,37 @@ def test_a_module_path_is_taken_from_the_callers_directory(home, tmp_path):
     assert f"manifest:  {work}/deploy_other.routes.json" in result.stdout
 
 
+
+def test_openapi_writes_the_document_beside_the_module_or_where_output_says(home, tmp_path):
+    work = tmp_path / "work"
+    work.mkdir()
+    module = example_copy(work / "deploy_copy.py", manifest=True)
+    result = run("--openapi", "work/deploy_copy.py", env=clean_env(home), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    written = work / "deploy_copy.openapi.json"
+    assert result.stdout.startswith(f"wrote {written}: OpenAPI 3.1.0, 12 operation(s)")
+    document = json.loads(written.read_text())
+    assert document["openapi"] == "3.1.0" and "/proxy" in document["paths"]
+    assert oct(written.stat().st_mode & 0o777) == "0o644"
+    result = run("--openapi", str(module), "--output", "api.json", env=clean_env(home), cwd=tmp_path)  # relative
+    assert result.returncode == 0, result.stderr
+    assert json.loads((tmp_path / "api.json").read_text()) == document
+    printed = run("--openapi", str(module), "--output", "-", env=clean_env(home), cwd=tmp_path)
+    assert json.loads(printed.stdout) == document
+
+
+def test_openapi_that_cannot_write_is_one_line_and_leaves_nothing(home, tmp_path):
+    result = run("--openapi", "deploy_example", "--output", "nowhere/api.json", env=clean_env(home), cwd=tmp_path)
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.strip() == f"deploy.sh --openapi: error: cannot write {tmp_path}/nowhere/api.json: No such file or directory"
+    assert list(tmp_path.iterdir()) == [home]
+    (tmp_path / "taken").mkdir()
+    result = run("--openapi", "deploy_example", "--output", "taken", env=clean_env(home), cwd=tmp_path)
+    assert result.returncode == 1 and "is a folder" in result.stderr and list((tmp_path / "taken").iterdir()) == []
+    result = run("--validate", "deploy_example", "--output", "x.json", env=clean_env(home), cwd=tmp_path)
+    assert result.returncode == 2 and "--output does not apply to --validate" in result.stderr
+
+
 # --- local build and run-docker with a stand-in engine ------------------------------------------------------
 
 FAKE_DOCKER = """#!/bin/sh
@@ -463,17 +501,17 @@ def terminal():
 
 def test_menu_validate_picks_a_module_goes_back_and_quits(home, tmp_path, terminal):
     term = terminal([str(DEPLOY)], clean_env(home, TERM="xterm"), tmp_path)  # not the script's directory
-    term.wait_for("Choose 1-20, or q:")
-    term.type("6")  # Validate a module
+    term.wait_for(CHOOSE)
+    term.type(menu_number("--validate"))
     screen = term.wait_for("Module to validate (number or name; b back, q quit):")
     number = re.search(r"(\d+)\) deploy_example", screen).group(1)
     term.type(number)
     term.wait_for("ok: deploy_example is valid")
-    term.wait_for("Choose 1-20, or q:", count=2)
-    term.type("6")
+    term.wait_for(CHOOSE, count=2)
+    term.type(menu_number("--validate"))
     term.wait_for("Module to validate", count=2)
     term.type("b")  # back: no error, the menu again
-    screen = term.wait_for("Choose 1-20, or q:", count=3)
+    screen = term.wait_for(CHOOSE, count=3)
     assert "failed" not in screen
     term.type("q")
     deadline = __import__("time").monotonic() + 10
@@ -484,17 +522,17 @@ def test_menu_validate_picks_a_module_goes_back_and_quits(home, tmp_path, termin
 
 def test_menu_action_that_fails_returns_to_the_menu(home, tmp_path, terminal):
     term = terminal([str(DEPLOY)], clean_env(home, TERM="xterm"), tmp_path)
-    term.wait_for("Choose 1-20, or q:")
-    term.type("6")
+    term.wait_for(CHOOSE)
+    term.type(menu_number("--validate"))
     term.wait_for("Module to validate")
     term.type("deploy_nope")  # a typed name that does not exist
     term.wait_for("no deploy module deploy_nope.py")
     screen = term.wait_for("--validate failed (exit 1); back to the menu")
-    term.wait_for("Choose 1-20, or q:", count=2)
-    term.type("13")  # List chutes: no account here
+    term.wait_for(CHOOSE, count=2)
+    term.type(menu_number("--list-chutes"))  # no account here
     term.wait_for("no Chutes account configured")
     term.wait_for("--list-chutes failed (exit 1); back to the menu")
-    term.wait_for("Choose 1-20, or q:", count=3)
+    term.wait_for(CHOOSE, count=3)
     term.type("42")
     term.wait_for("no menu entry '42'")
     term.type("q")
@@ -513,7 +551,7 @@ def test_menu_build_offers_discovery_when_there_is_no_manifest(home, tmp_path, t
 def test_menu_quits_on_end_of_input(home):
     result = run(env=clean_env(home), input="")
     assert result.returncode == 0
-    assert "Choose 1-20, or q:" in result.stdout
+    assert CHOOSE in result.stdout
 
 
 def test_menu_run_dev_mode_and_ctrl_c_returns_to_the_menu(home, tmp_path, terminal):
@@ -525,14 +563,14 @@ def test_menu_run_dev_mode_and_ctrl_c_returns_to_the_menu(home, tmp_path, termin
         pytest.skip("the menu runs the chute on the default port 8000, which is taken here")
     service_port = free_port()
     term = terminal([str(DEPLOY)], clean_env(home, TERM="xterm", CHUTE_PORTS=str(service_port)), tmp_path)
-    term.wait_for("Choose 1-20, or q:")
-    term.type("8")  # Run dev mode (host)
+    term.wait_for(CHOOSE)
+    term.type(menu_number("--run"))
     screen = term.wait_for("Module to run in dev mode")
     term.type(re.search(r"(\d+)\) deploy_example", screen).group(1))
     term.wait_for("ready: streaming logs", timeout=120)
     assert port_open(8000) and port_open(service_port)
     term.send("C-c")
     term.wait_for("--run: interrupted; back to the menu", timeout=60)
-    term.wait_for("Choose 1-20, or q:", count=2)
+    term.wait_for(CHOOSE, count=2)
     assert not port_open(8000) and not port_open(service_port)
     term.type("q")

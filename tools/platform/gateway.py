@@ -19,7 +19,9 @@ platform uses ChaCha20-Poly1305 with the same nonce || ciphertext || tag layout)
 Deliberate differences: no authentication, billing, quotas or trace chunks; one instance (so the
 API's retry on "other instances" finds none, as it would for a chute with one instance); a pooled
 aiohttp client where the API opens an httpx client per call. The disable and delete timings can be
-scaled down (`--disable-seconds`). Calls and failures are counted (`GET /_gateway/stats`).
+scaled down (`--disable-seconds`). Calls and failures are counted (`GET /_gateway/stats`). What it
+serves for the developer besides the cords (the chute's API document, its docs page, metrics) is
+tools/platform/front_door.py.
 
   python -m tools.platform.gateway --chute-url http://127.0.0.1:8000 --cords deploy_example:chute --port 8080
 """
@@ -27,11 +29,13 @@ scaled down (`--disable-seconds`). Calls and failures are counted (`GET /_gatewa
 from __future__ import annotations
 
 import argparse
+import asyncio
 import collections
 import contextlib
 import contextvars
 import json
 import os
+import socket
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
@@ -51,6 +55,8 @@ from tools.runtime.errors import (
     InstanceFailure, InstanceOutcome, InstanceRateLimit, MinerBadRequest, WrapperError, run_cli,
 )
 from tools import deploy_module
+from tools.platform.front_door import front_door
+from tools.platform.metrics import GatewayMetrics
 from tools.runtime.sdk.chute import cord_records, unwrap
 from tools.runtime.sdk.node import GATEWAY_SOURCE_ADDRESS, PlatformKey
 
@@ -115,12 +121,13 @@ class ChuteRecord:
     concurrency: int = 1
     standard_template: str | None = None
     chute_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    chute: Any = field(default=None, repr=False, compare=False)  # when read from a module: its plan, for the front door
 
     @classmethod
     def of(cls, chute: Any) -> "ChuteRecord":
         chute = unwrap(chute)
         return cls(cord_records(chute), int(chute.concurrency or 1), getattr(chute, "standard_template", None),
-                   str(uuid.uuid5(uuid.NAMESPACE_URL, f"chutes-wrappers:{chute.name}")))
+                   str(uuid.uuid5(uuid.NAMESPACE_URL, f"chutes-wrappers:{chute.name}")), chute)
 
 
 def _reasons(reasons: list[str]) -> str:
@@ -208,6 +215,8 @@ class Gateway:
     stats: Stats = field(default_factory=Stats)
     observers: list[Callable[[CallRecord], None]] = field(default_factory=list)
     disable_seconds: float = DISABLE_SECONDS  # the platform's 90 s; the cascade check waits half as long
+    extra_routes: list[Any] = field(default_factory=list)  # the front door's pages, before the invocation route
+    node_wait: float = 0.0  # seconds to wait at startup for the node to answer, before taking any call
     _session: aiohttp.ClientSession | None = None
     _count_expires: float = 0.0  # when the disable count is forgotten (instance/util.py:302)
 
@@ -228,6 +237,18 @@ class Gateway:
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
+
+    async def wait_for_node(self, timeout: float) -> None:
+        """Until the node answers anything over HTTP (its startup hooks are done), or WrapperError."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                async with (await self.session()).get("/", timeout=aiohttp.ClientTimeout(total=1)):
+                    return
+            except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
+                if time.monotonic() > deadline:
+                    raise WrapperError(f"the node at {self.chute_url} did not answer within {timeout:g}s") from None
+                await asyncio.sleep(0.05)
 
     # -- one call: api/chute/util.py `_invoke_one` (util.py:745-1428) ------------------------------
 
@@ -581,12 +602,15 @@ class Gateway:
 
         @contextlib.asynccontextmanager
         async def lifespan(_: Starlette) -> AsyncIterator[None]:
+            if self.node_wait:
+                await self.wait_for_node(self.node_wait)  # no call is taken before the node can serve it
             yield
             await self.close()
 
         return Starlette(
             routes=[
                 Route(STATS_PATH, stats, methods=["GET"]),
+                *self.extra_routes,
                 Route("/{path:path}", self.observed, methods=METHODS),
             ],
             lifespan=lifespan,
@@ -601,6 +625,8 @@ class GatewayConfig:
     port: int = 8080
     source_address: str | None = GATEWAY_SOURCE_ADDRESS
     disable_seconds: float = DISABLE_SECONDS
+    fd: int | None = None  # also serve on this inherited listening socket (callers' port held by --run --reload)
+    wait_for_node: float = 0.0
 
 
 def log_call(call: CallRecord) -> None:
@@ -616,10 +642,25 @@ def serve(config: GatewayConfig, key: PlatformKey) -> None:
 
     if config.source_address == "127.0.0.1":
         raise WrapperError("--source-address 127.0.0.1 would bypass the node's GraValMiddleware", "use 127.0.0.2")
-    gateway = Gateway(load_record(config.cords), config.chute_url.rstrip("/"), key, config.source_address,
-                      disable_seconds=config.disable_seconds)
-    gateway.observers.append(log_call)
-    uvicorn.run(gateway.app(), host=config.host, port=config.port, log_level="warning", lifespan="on")
+    record = load_record(config.cords)
+    gateway = Gateway(record, config.chute_url.rstrip("/"), key, config.source_address,
+                      disable_seconds=config.disable_seconds, node_wait=config.wait_for_node)
+    gateway.observers.append(log_call)  # one line per call in --run's log
+    metrics = GatewayMetrics([(cord.get("public_api_method") or "POST", cord["public_api_path"])
+                              for cord in record.cords if cord.get("public_api_path")],
+                             in_flight=lambda: gateway.stats.in_flight)
+    gateway.observers.append(metrics.observe)
+    routes, warnings = front_door(record.chute, metrics, reserved=(STATS_PATH,))
+    gateway.extra_routes += routes
+    for warning in warnings:
+        print(f"warning: {warning}", flush=True)
+    try:
+        sockets = [socket.create_server((config.host, config.port))]
+    except OSError as exc:
+        raise WrapperError(f"cannot listen on {config.host}:{config.port}: {exc.strerror or exc}") from None
+    if config.fd is not None:
+        sockets.append(socket.socket(fileno=config.fd))
+    uvicorn.Server(uvicorn.Config(gateway.app(), log_level="warning", lifespan="on")).run(sockets=sockets)
 
 
 def _seconds(value: str) -> float:
@@ -643,9 +684,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--disable-seconds", type=_seconds, default=DISABLE_SECONDS,
                         help=f"how long {CONSECUTIVE_FAILURE_LIMIT} consecutive failures disable the instance "
                              f"(default {DISABLE_SECONDS:g}, as Chutes; the delete's cascade check waits half as long)")
+    parser.add_argument("--fd", type=int, default=None,
+                        help="also take calls on this inherited listening socket (the callers' port of --run --reload)")
+    parser.add_argument("--wait-for-node", type=float, default=0.0,
+                        help="seconds to wait for the node to answer before taking calls (default 0: do not wait)")
     args = parser.parse_args(argv)
     config = GatewayConfig(args.chute_url, args.cords, args.host, args.port, args.source_address or None,
-                           args.disable_seconds)
+                           args.disable_seconds, args.fd, args.wait_for_node)
     run_cli(lambda: serve(config, PlatformKey.from_env()), prog="gateway")
 
 

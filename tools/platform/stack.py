@@ -8,7 +8,10 @@
   front of any node, also one in a container (--run-docker).
 
 Each child runs in its own process group with `chute_environment` (the shared platform key only in
-their environment); everything started is stopped on the way out, the gateway first.
+their environment); everything started is stopped on the way out, the gateway first. The SDK's own
+chatter in the node's output is hidden unless `verbose` (tools/platform/chatter.py). With `listen` (a
+socket bound to the callers' port, held by `--run --reload` across restarts: tools/platform/reload.py)
+the gateway takes calls on it only once the node answers, so a new chute can start beside a running one.
 """
 
 from __future__ import annotations
@@ -18,14 +21,16 @@ import contextlib
 import json
 import os
 import shlex
+import socket
 import sys
 import threading
 from dataclasses import dataclass
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 from tools import deploy_module
 from tools.cord_table import Cord, chutes_url, cords_of
 from tools.deploy_module import ROOT, DeployModule
+from tools.platform.chatter import SdkChatter
 from tools.platform.gateway import STATS_PATH
 from tools.processes import Child, chutes_executable, http_answers, wait_for_service, wait_until
 from tools.runtime.constants import (
@@ -51,6 +56,8 @@ class RunConfig:
     debug: bool = False
     exit_when_ready: bool = False
     dev: bool = False  # the SDK's dev server (`chutes run --dev`) instead of the local platform
+    verbose: bool = False  # show the SDK's own chatter in the chute's output
+    reload: bool = False  # restart the chute when the module, its manifest or tools/ change (reload.py)
 
 
 @dataclass
@@ -63,6 +70,7 @@ class Stack:
     children: list[Child]
     stop: threading.Event
     platform: "Platform | None" = None  # unless --dev
+    platform_args: dict[str, Any] | None = None  # how start_platform was called: a reload starts the next one alike
 
     @property
     def public_url(self) -> str:
@@ -80,10 +88,12 @@ class Stack:
 
 
 @contextlib.contextmanager
-def start_stack(config: RunConfig, stop: threading.Event | None = None) -> Iterator[Stack]:
+def start_stack(config: RunConfig, stop: threading.Event | None = None,
+                listen: socket.socket | None = None) -> Iterator[Stack]:
     """Start the module's service (HOST_COMMAND) and the chute; stop both on the way out.
 
-    `stop` is set by the caller (main()'s signal handlers) to end the wait early.
+    `stop` is set by the caller (main()'s signal handlers) to end the wait early; `listen`, a socket
+    already bound to the chute port, is where the gateway takes calls (see the module docstring).
     """
     module = deploy_module.load(config.module)
     name = module.name
@@ -94,7 +104,7 @@ def start_stack(config: RunConfig, stop: threading.Event | None = None) -> Itera
     port, logging_port = chute_ports(config.port, config.logging_port)
     start_service = host_command is not None and not config.no_service
 
-    ensure_free({port: "chute port (--port)", logging_port: "chute logging port (--logging-port)",
+    ensure_free({**({} if listen else {port: "chute port (--port)"}), logging_port: "chute logging port (--logging-port)",
                  **({p: f"service port of {name}" for p in ports} if start_service else {})})
     stop = stop or threading.Event()
     env = without_chutes_secrets(os.environ)
@@ -123,15 +133,17 @@ def start_stack(config: RunConfig, stop: threading.Event | None = None) -> Itera
         base_url = f"http://127.0.0.1:{port}"
         if not config.dev:
             print(f"starting the chute as on a Chutes node, behind the local gateway at {base_url}", flush=True)
-            with start_platform(f"{name}:chute", module.directory, env=chute_env, port=port,
-                                logging_port=logging_port, timeout=config.timeout, echo=not config.quiet,
-                                stop=stop) as platform:
-                yield Stack(module, base_url, cords, children, stop, platform)
+            platform_args = dict(module_ref=f"{name}:chute", directory=module.directory, env=chute_env,
+                                 timeout=config.timeout, echo=not config.quiet, stop=stop, listen=listen,
+                                 verbose=config.verbose)
+            with start_platform(port=0 if listen else port, logging_port=logging_port, **platform_args) as platform:
+                yield Stack(module, base_url, cords, children, stop, platform, platform_args)
             return
         argv = [chutes_executable(), "run", f"{name}:chute", "--dev", "--host", "127.0.0.1", "--port", str(port),
                 "--logging-port", str(logging_port)]
         print(f"starting chute: {shlex.join(argv[1:])}", flush=True)
-        chute = Child("chute", argv, chute_env, module.directory, echo=not config.quiet)
+        chute = Child("chute", argv, chute_env, module.directory, echo=not config.quiet,
+                      show=None if config.verbose else SdkChatter())
         children.append(chute)
         wait_until(lambda: http_answers(base_url + "/"), chute, config.timeout, "the chute", stop)
         yield Stack(module, base_url, cords, children, stop)
@@ -160,6 +172,7 @@ class Platform:
     node_url: str
     key: PlatformKey  # for tests that call the node directly, as the gateway does
     children: list[Child]
+    control_url: str = ""  # the gateway alone (with `listen`, `url` may reach another gateway on the same socket)
 
     def stats(self) -> dict[str, Any]:
         import urllib.request
@@ -193,6 +206,10 @@ def start_platform(
     log: Any = None,
     echo: bool = False,
     stop: threading.Event | None = None,
+    listen: socket.socket | None = None,
+    verbose: bool = True,
+    key: PlatformKey | None = None,
+    spawn: Callable[..., Child] = Child,
     gateway_options: tuple[str, ...] = (),
 ) -> Iterator[Platform]:
     """Start `python -m tools.runtime.sdk.node MODULE_REF` (in `directory`) and the gateway in front of it.
@@ -200,27 +217,38 @@ def start_platform(
     Each runs in its own process group with a fresh shared key, on free ports unless given; yields a
     `Platform` once the gateway answers, stops both on the way out. `cords` defaults to the module
     itself; `log` (a binary file) receives both processes' output, `echo` prints it with a
-    [node]/[gateway] prefix; `stop` ends the wait early. Raises ServiceError if either exits or does
-    not answer within `timeout`. `gateway_options` go on the gateway's command line (tests:
-    `--disable-seconds 1`).
+    [node]/[gateway] prefix (without the SDK's chatter unless `verbose`); `stop` ends the wait early.
+    With `listen`, the gateway starts beside the node at once and takes calls on that socket when the
+    node answers (`port` is then the gateway's own). `key` and `spawn` (how a child is started, by
+    default a new `Child`) let --reload hand over processes it started in advance. Raises ServiceError
+    if either exits or does not answer within `timeout`. `gateway_options` go on the gateway's command
+    line (tests: `--disable-seconds 1`).
     """
-    key = PlatformKey.generate()
+    key = key or PlatformKey.generate()
     base_env = chute_environment(env, key)
     node_port = node_port or free_port()
     node_url = f"http://127.0.0.1:{node_port}"
     platform = Platform("", node_url, key, [])
     stop = stop or threading.Event()
     try:
-        node = Child("node", [sys.executable, "-m", "tools.runtime.sdk.node", module_ref, "--host", "127.0.0.1",
+        node = spawn("node", [sys.executable, "-m", "tools.runtime.sdk.node", module_ref, "--host", "127.0.0.1",
                               "--port", str(node_port), "--logging-port", str(logging_port or free_port())],
-                     base_env, directory, echo=echo, log=log)
+                     base_env, directory, echo=echo, log=log, show=None if verbose else SdkChatter())
         platform.children.append(node)
-        # The node listens only after the chute's startup hooks (its service is up).
-        wait_until(lambda: http_answers(node_url + "/"), node, timeout, "the node", stop)
-        gateway, platform.url = start_gateway(node_url, cords or module_ref, directory, base_env, port, echo=echo, log=log,
-                                              options=gateway_options)
+        if listen is None:
+            # The node listens only after the chute's startup hooks (its service is up).
+            wait_until(lambda: http_answers(node_url + "/"), node, timeout, "the node", stop)
+            gateway, platform.url = start_gateway(node_url, cords or module_ref, directory, base_env, port, echo=echo,
+                                                  log=log, options=gateway_options)
+            platform.control_url = platform.url
+        else:
+            gateway, platform.control_url = start_gateway(node_url, cords or module_ref, directory, base_env, port,
+                                                          echo=echo, log=log, listen=listen, node_wait=timeout,
+                                                          spawn=spawn, options=gateway_options)
+            platform.url = "http://127.0.0.1:%d" % listen.getsockname()[1]
         platform.children.append(gateway)
-        wait_until(lambda: http_answers(platform.url + STATS_PATH), gateway, timeout, "the gateway", stop)
+        wait_until(lambda: http_answers(platform.control_url + STATS_PATH), gateway, timeout, "the gateway", stop,
+                   others=platform.children)
         yield platform
     finally:
         platform.stop()
@@ -228,10 +256,11 @@ def start_platform(
 
 def start_gateway(node_url: str, cords: str, directory: str | os.PathLike, env: dict[str, str], port: int = 0, *,
                   echo: bool = False, log: Any = None, source_address: str | None = None,
-                  options: tuple[str, ...] = ()) -> tuple[Child, str]:
+                  listen: socket.socket | None = None, node_wait: float = 0.0,
+                  spawn: Callable[..., Child] = Child, options: tuple[str, ...] = ()) -> tuple[Child, str]:
     """The gateway as a child process in front of `node_url` (a node on this machine or in a
     container); `env` from `chute_environment` with the node's key. Returns the child and the URL
-    callers call.
+    callers call (with `listen`: the gateway's own port; callers call the socket's).
 
     `source_address` overrides where the gateway calls from (default 127.0.0.2, so that a node on this
     machine does not take the call for a local one); "" lets the system choose, which a node in a
@@ -242,7 +271,11 @@ def start_gateway(node_url: str, cords: str, directory: str | os.PathLike, env: 
     if source_address is not None:
         argv += ["--source-address", source_address]
     argv += list(options)
-    return Child("gateway", argv, env, directory, echo=echo, log=log), f"http://127.0.0.1:{port}"
+    fds: tuple[int, ...] = ()
+    if listen is not None:
+        fds = (listen.fileno(),)
+        argv += ["--fd", str(fds[0]), "--wait-for-node", f"{node_wait:g}"]
+    return spawn("gateway", argv, env, directory, echo=echo, log=log, pass_fds=fds), f"http://127.0.0.1:{port}"
 
 
 def add_stack_arguments(parser: argparse.ArgumentParser) -> None:

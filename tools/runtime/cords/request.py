@@ -4,7 +4,8 @@ Every caller on Chutes sends JSON. Each request kind of the manifest (`routes.RE
 object here that knows how its routes take what the caller sent: how the JSON is decoded into the
 upstream request (`fill`), which keys a caller sends as `<name>_base64` (`caller_files`, shown in
 curl lines), a complete example call (`example`, what `--smoke` sends), where a catch-all call
-carries the body (`catch_all_key`), and how to say what the route takes (`words`, in errors).
+carries the body (`catch_all_key`), how to say what the route takes (`words`, in errors), and what a
+caller sends as JSON Schema (`caller_schema`, the chute's API document: tools/platform/openapi_doc.py).
 
 Conventions every kind shares (README, "Calling proxy cords"):
   - `_query`: an object sent as the query string, for any method. A key named like one of the route's
@@ -125,6 +126,34 @@ def _with_sample_files(route: Route, example: dict, names: tuple[str, ...], samp
 
 
 # --------------------------------------------------------------------------------------------------
+# What callers send, as JSON Schema (2020-12, as OpenAPI 3.1 takes it)
+
+QUERY_SCHEMA = {
+    "type": "object", "additionalProperties": True,
+    "description": "Sent as the query string, for any method (lists repeat the key, objects go as JSON).",
+}
+
+
+def file_properties(name: str, content_type: str | None = None) -> dict[str, dict]:
+    """How a caller sends the file `name`: `<name>_base64`, with an optional file name and content type."""
+    return {
+        f"{name}_base64": {"type": "string", "contentEncoding": "base64",
+                           "description": f"The file {name!r}: base64 of its bytes (or send {name!r} as a data: URL)."},
+        f"{name}_filename": {"type": "string", "description": f"The file name sent for {name!r} (optional)."},
+        f"{name}_content_type": {"type": "string", "description": f"The media type sent for {name!r} (optional; "
+                                 + (f"default {content_type})." if content_type else "else sniffed from the bytes).")},
+    }
+
+
+def _object(properties: dict[str, dict], description: str, example: Any = None, extra: bool = True) -> dict:
+    schema: dict[str, Any] = {"type": "object", "description": description, "properties": properties,
+                              "additionalProperties": extra}
+    if isinstance(example, dict):
+        schema["examples"] = [{key: value for key, value in example.items() if key != "_path"}]
+    return schema
+
+
+# --------------------------------------------------------------------------------------------------
 # The request kinds
 
 
@@ -156,6 +185,10 @@ class RequestKind:
         example.pop("_path", None)
         return _with_sample_files(route, example, route.file_fields + tuple(extra_files), sample, extra_files)
 
+    def caller_schema(self, route: Route, target: Target | None = None) -> dict:
+        """The JSON object a caller sends for `route`, as JSON Schema."""
+        return _object({QUERY_KEY: QUERY_SCHEMA}, "Every key is sent as a query parameter.", route.example)
+
 
 class JsonKind(RequestKind):
     name = "json"
@@ -164,6 +197,10 @@ class JsonKind(RequestKind):
 
     def words(self, route: Route) -> str:
         return "JSON body"
+
+    def caller_schema(self, route: Route, target: Target | None = None) -> dict:
+        return _object({QUERY_KEY: QUERY_SCHEMA}, "The JSON body the service takes, as it takes it (keys named like "
+                       f"a query parameter of the route, and `{QUERY_KEY}`, go to the query string).", route.example)
 
     def fill(self, target: Target, body: dict, out: Outgoing, sent: bool) -> None:
         # On POST/PUT/PATCH `{}` is a body (a service reading JSON answers 415 to none at all); on
@@ -200,6 +237,13 @@ class FormKind(RequestKind):
 
     def words(self, route: Route) -> str:
         return f"{self.name} body (file fields as \"<field>_base64\")"
+
+    def caller_schema(self, route: Route, target: Target | None = None) -> dict:
+        properties: dict[str, dict] = {QUERY_KEY: QUERY_SCHEMA}
+        for name in self.caller_files(route, target):
+            properties.update(file_properties(name, (target.file_fields.get(name) if target else None)))
+        return _object(properties, f"Sent to the service as a {self.name} body: each file as `<field>_base64`, "
+                       "every other key a form field.", route.example)
 
     def fill(self, target: Target, body: dict, out: Outgoing, sent: bool) -> None:
         out.data = self.form_data(target, body)
@@ -253,6 +297,20 @@ class RawKind(RequestKind):
     def caller_files(self, route: Route, target: Target | None = None) -> tuple[str, ...]:
         return (RAW_BASE64_KEY.removesuffix("_base64"),)
 
+    def caller_schema(self, route: Route, target: Target | None = None) -> dict:
+        declared = route.request_content_type or "binary"
+        properties = {
+            RAW_BASE64_KEY: {"type": "string", "contentEncoding": "base64",
+                             "description": f"The request body ({declared}): base64 of its bytes, or a data: URL."},
+            RAW_TEXT_KEY: {"type": "string", "description": "The request body as text (instead of "
+                           f"`{RAW_BASE64_KEY}`), or a data: URL."},
+            RAW_TYPE_KEY: {"type": "string", "description": "Its media type (optional; default "
+                           + (route.request_content_type or "the data URL's, else sniffed") + ")."},
+            QUERY_KEY: QUERY_SCHEMA,
+        }
+        return _object(properties, f"The service takes a raw {declared} body: send it as `{RAW_BASE64_KEY}` or "
+                       f"`{RAW_TEXT_KEY}`; every other key is a query parameter.", route.example)
+
     def to_query(self, takes_body: bool) -> bool:
         return True  # after the raw body's own keys are taken (`take_body`)
 
@@ -292,6 +350,11 @@ class RawKind(RequestKind):
         return example
 
 
+# A Gradio parameter's type (tools/runtime/gradio_spec.py) as JSON Schema.
+GRADIO_TYPES = {"string": {"type": "string"}, "integer": {"type": "integer"}, "number": {"type": "number"},
+                "boolean": {"type": "boolean"}, "array": {"type": "array"}, "object": {"type": "object"}}
+
+
 class GradioKind(RequestKind):
     """A Gradio function: named arguments, files as `<name>_base64`; its cord runs Gradio's own
     two-step call (tools.runtime.cords.gradio), so nothing is filled here."""
@@ -300,6 +363,38 @@ class GradioKind(RequestKind):
 
     def words(self, route: Route) -> str:
         return "JSON object of named arguments"
+
+    def caller_schema(self, route: Route, target: Target | None = None) -> dict:
+        function = route.gradio
+        properties: dict[str, dict] = {}
+        required = []
+        for param in (function.parameters if function is not None else ()):
+            if param.is_file:
+                props = file_properties(param.name)
+                if param.type == "files":
+                    props[f"{param.name}_base64"] = {"type": "array", "items": props[f"{param.name}_base64"]}
+                properties.update(props)
+                continue
+            schema = dict(GRADIO_TYPES.get(param.type, {}))
+            if param.label:
+                schema["title"] = param.label
+            if param.has_default:
+                schema["default"] = param.default
+            else:
+                required.append(param.name)
+            properties[param.name] = schema
+        if function is not None and function.generator:
+            properties["stream"] = {"type": "boolean", "description": "true: the items the function yields, "
+                                    "as server-sent events; else its final value."}
+        # an example only when the app gave one for every argument without a default (and no file is required)
+        example = {p.name: p.example for p in (function.parameters if function else ()) if p.example is not None
+                   and not p.is_file}
+        complete = all(p.name in example for p in (function.parameters if function else ()) if not p.has_default)
+        schema = _object(properties, "The function's named arguments (omitted ones take the app's defaults; "
+                         "files as `<name>_base64`).", example if complete else None, extra=False)
+        if required:
+            schema["required"] = required
+        return schema
 
     def fill(self, target: Target, body: dict, out: Outgoing, sent: bool) -> None:
         raise BadRequest("a Gradio function is called by its own cord")

@@ -233,6 +233,8 @@ class CordView:
     passthrough_path: str | None = None
     passthrough_port: int | None = None
     handler: Any = None  # what serves a call (ours for our cords, the SDK's own method otherwise)
+    input_schema: Any = None  # the SDK's JSON Schema of a module cord's arguments (from its signature)
+    output_content_type: str | None = None
 
 
 def cord_views(chute: "Chute") -> list[CordView]:
@@ -249,6 +251,8 @@ def cord_views(chute: "Chute") -> list[CordView]:
             passthrough_path=cord.passthrough_path,
             passthrough_port=cord._passthrough_port,
             handler=cord._request_handler,
+            input_schema=cord.input_schema,
+            output_content_type=cord.output_content_type,
         )
         for cord in chute.cords
     ]
