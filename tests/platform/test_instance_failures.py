@@ -116,14 +116,20 @@ def test_ping_is_answered_by_the_api_itself(stack):
 
 def test_each_call_is_one_line_in_the_gateways_log(stack):
     platform, _, log = stack
+
+    def model_lines() -> list[str]:
+        return [line for line in log.read_text().splitlines() if "GET /v1/models -> " in line]
+
+    before = len(model_lines())  # earlier tests on this stack may have logged such calls already
     requests.get(f"{platform.url}/v1/models?stream=1", timeout=30)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
-        lines = [line for line in log.read_text().splitlines() if "GET /v1/models -> " in line]
-        if lines:
+        lines = model_lines()
+        if len(lines) > before:  # this call's line (written when its answer ends)
             break
         time.sleep(0.1)
-    assert lines and " stream 200 " in lines[-1] and "INSTANCE FAILURE" not in lines[-1], lines
+    assert len(lines) == before + 1, lines
+    assert " stream 200 " in lines[-1] and "INSTANCE FAILURE" not in lines[-1], lines
 
 
 # --- an instance that keeps failing: disabled, then deleted ----------------------------------------
