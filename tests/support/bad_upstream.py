@@ -6,6 +6,11 @@ Compressed answers (`/encoded/<coding>`, gzip, deflate, raw deflate, br, zstd, t
 one, a broken body; `?chunked=1` sends it chunked) and redirects (`/redirect?to=URL&status=302`, a loop)
 test what the gateway cannot carry: Content-Encoding and Location.
 
+Kept-alive connections it closes (`/hang-up`: every request to it is read and dropped unanswered;
+`/arm-hang-up`: the next request that arrives on a kept-alive connection, whatever its path, is) test
+that a request the service never took is sent again, and one it took is not; `/seen` lists every
+request so far: method, path, whether it was the first on its connection, whether it was dropped.
+
 Run it as a process, since one mode kills the whole process:
     python -m tests.support.bad_upstream [--port 0]
 It prints `listening on PORT` once it accepts connections. `start()` does that and reads the port.
@@ -38,6 +43,10 @@ BIG_HEADER_BYTES = 64 * 1024
 MANY_HEADERS = 300
 CUT_DECLARED = 4 * 1024 * 1024  # a length above the proxy's small-body limit, so it is streamed
 CUT_SENT = 1024 * 1024
+
+
+SEEN: list[dict] = []  # every request, in order of arrival (GET /seen)
+ARMED = {"hang_up": False}  # GET /arm-hang-up: drop the next request on a kept-alive connection
 
 
 @dataclass
@@ -133,6 +142,11 @@ async def answer(request: Request, writer: asyncio.StreamWriter) -> bool:
             "content_type": request.header("content-type"), "accept_encoding": request.header("accept-encoding")}
     if path == "/json":
         writer.write(json_answer(echo))
+    elif path == "/seen":
+        writer.write(json_answer({"seen": SEEN}))
+    elif path == "/arm-hang-up":
+        ARMED["hang_up"] = True
+        writer.write(json_answer(echo))
     elif path == "/no-content":
         writer.write(head("204 No Content", []))
     elif path == "/date-server":
@@ -225,10 +239,22 @@ async def answer(request: Request, writer: asyncio.StreamWriter) -> bool:
 
 
 async def serve_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    first = True
     try:
         while True:
             request = await read_request(reader)
-            if request is None or not await answer(request, writer):
+            if request is None:
+                break
+            armed = ARMED["hang_up"] and not first
+            drop = armed or request.path == "/hang-up"
+            if request.path != "/seen":
+                SEEN.append({"method": request.method, "path": request.path, "first_on_connection": first,
+                             "dropped": drop})
+            if drop:  # read, never answered: the connection just closes
+                ARMED["hang_up"] = ARMED["hang_up"] and not armed
+                break
+            first = False
+            if not await answer(request, writer):
                 break
     except (ConnectionError, asyncio.IncompleteReadError):
         pass  # the proxy gave up on us (a timeout): nothing to answer to

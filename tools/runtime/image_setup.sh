@@ -292,7 +292,9 @@ main() {
     "$PY" -m venv "$VENV_DIR" || fail "$PY could not create a virtualenv in $VENV_DIR (see above)"
     if [ -f "$CA_BUNDLE" ]; then export PIP_CERT="$CA_BUNDLE"; fi
     export PIP_ROOT_USER_ACTION=ignore PIP_DEFAULT_TIMEOUT="${PIP_DEFAULT_TIMEOUT:-60}"
-    "$VENV_DIR/bin/python" -m pip install --no-cache-dir --disable-pip-version-check "chutes==$SDK_VERSION" ||
+    # aiohttp >= 3.12: the cords' connection pool resends through a client middleware (cords/pool.py)
+    "$VENV_DIR/bin/python" -m pip install --no-cache-dir --disable-pip-version-check "chutes==$SDK_VERSION" \
+        "aiohttp>=3.12" ||
         fail "pip could not install chutes==$SDK_VERSION (see above); it needs network access and a C" \
             "compiler with Python headers to build netifaces"
     pm_remove_build_deps
