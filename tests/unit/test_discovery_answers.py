@@ -51,3 +51,19 @@ def test_get_routes_said_json_get_the_kind_they_really_answer():
     assert kinds == {("GET", "/metrics"): ("text", "text/plain"), ("GET", "/docs-page"): ("text", "text/html"),
                      ("GET", "/data"): ("json", None), ("GET", "/items/{id}"): ("json", None),
                      ("POST", "/run"): ("json", None), ("GET", "/fails"): ("json", None)}
+
+
+def test_routes_that_act_on_the_service_are_never_asked():
+    """SGLang answers GET /flush_cache and /start_profile: asking them would empty its cache and start
+    its profiler (routes.acts_on_service)."""
+    asked = []
+
+    def head(url: str, timeout: float) -> tuple[int, str]:
+        asked.append(url.removeprefix(BASE))
+        return 200, "text/plain"
+
+    routes = [get("/flush_cache"), get("/start_profile"), get("/stopProfile"), get("/metrics"), get("/starter")]
+    kinds = {r.path: r.response_kind for r in real_kinds(BASE, routes, head=head)}
+    assert sorted(asked) == ["/metrics", "/starter"]
+    assert kinds == {"/flush_cache": "json", "/start_profile": "json", "/stopProfile": "json", "/metrics": "text",
+                     "/starter": "text"}

@@ -186,3 +186,16 @@ def test_written_manifest_reads_back_identically(tmp_path):
     assert [r.to_json() for r in back.routes] == [r.to_json() for r in routes]
     assert json.loads(path.read_text())["version"] == MANIFEST_VERSION == 3
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+@pytest.mark.parametrize("path, acts", [
+    ("/flush_cache", True), ("/start_profile", True), ("/stop-profile", True), ("/flushCache", True),
+    ("/SHUTDOWN", True), ("/v2/repository/models/{model_name}/unload", True), ("/sleep", True),
+    ("/release_memory_occupation", True), ("/reset_prefix_cache", True),
+    ("/starter", False), ("/is_sleeping", False), ("/items/{stop}", False), ("/v1/chat/completions", False),
+    ("/api/startup", False), ("/Stopwatch", False), ("/health", False),
+])
+def test_a_route_acts_on_the_service_when_a_segment_begins_with_an_action(path, acts):
+    from tools.runtime.routes import acts_on_service
+
+    assert acts_on_service(path) is acts

@@ -253,3 +253,44 @@ def test_creating_calls_run_first_and_a_linked_call_gets_the_id_the_spec_links()
     assert log == ["create", "GET /items/it-7", "DELETE /items/string"]  # the delete: no link, a made-up id
     assert [(r.call.label, r.outcome) for r in results] == [
         ("DELETE /items/{item_id}", "untried"), ("GET /items/{item_id}", "ok"), ("/items", "ok")]
+
+
+def test_routes_that_act_on_the_service_run_last_one_at_a_time():
+    """An unload, a flush or a sleep before the other calls would fail them (routes.acts_on_service)."""
+    events: list[tuple[str, str]] = []
+    now = {"in": 0, "most_with_action": 0}
+
+    async def any_call(request):
+        path = request.path
+        events.append(("start", path))
+        now["in"] += 1
+        if path != "/ok":
+            now["most_with_action"] = max(now["most_with_action"], now["in"])
+        await asyncio.sleep(0.05)
+        now["in"] -= 1
+        events.append(("end", path))
+        return web.json_response({"ok": True})
+
+    async def go():
+        app = web.Application()
+        app.add_routes([web.route("*", "/{tail:.*}", any_call)])
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        base = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
+        calls = [call(base, "/flush_cache"), call(base, "/ok", "POST", {}),
+                 call(base, "/v2/repository/models/m/unload", "POST", {}), call(base, "/ok"),
+                 call(base, "/ok", "DELETE"), call(base, "/sleep", "POST", {}), call(base, "/ok")]
+        try:
+            return await run_calls(calls, LIMITS)
+        finally:
+            await runner.cleanup()
+
+    results = asyncio.run(go())
+    assert [r.outcome for r in results] == ["ok"] * 7  # results still in the calls' order
+    assert [r.call.label for r in results][:3] == ["/flush_cache", "/ok", "/v2/repository/models/m/unload"]
+    started = [path for event, path in events if event == "start"]
+    assert started[-3:] == ["/flush_cache", "/v2/repository/models/m/unload", "/sleep"]  # last, in their order
+    assert set(started[:-3]) == {"/ok"} and len(started) == 7
+    assert now["most_with_action"] == 1  # each alone: nothing else under way meanwhile

@@ -20,7 +20,7 @@ import threading
 import time
 import wave
 import zlib
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from typing import Callable, Mapping
@@ -33,13 +33,16 @@ from tools.runtime.cords.request import kind_of
 from tools.cord_table import Cord, as_caller_sends
 from tools.platform.stack import RunConfig, add_stack_arguments, check_chute_ports, stack_config, start_stack
 from tools.processes import stop_on_signals
-from tools.runtime.routes import BODY_METHODS, Route
+from tools.runtime.routes import BODY_METHODS, Route, acts_on_service
 
 CALL_TIMEOUT = 20.0  # seconds for one call, answer included
 STREAM_WINDOW = 3.0  # an answer that streams is read this long ...
 STREAM_BYTES = 64 * 1024  # ... or this far, then reported as "streams"
 CONCURRENCY = 4
 PHASES = {"POST": 0, "PUT": 0, "GET": 1, "PATCH": 2, "DELETE": 3}
+# Routes that act on the service itself (routes.acts_on_service: stop, unload, flush, sleep, ...) come
+# after every other call, one at a time: before, they could fail the calls that follow them.
+LAST_PHASE = max(PHASES.values()) + 1
 ERROR_BODY_BYTES = 64 * 1024  # of an error answer, kept to see whose error it is
 # Outcomes, in the order the summary lists them; only "failed" and "timeout" fail the smoke test.
 # "untried": the service answered 4xx to a call whose values were made up (the manifest's example
@@ -76,7 +79,10 @@ class SmokeCall:
 
     @property
     def phase(self) -> int:
-        """When it runs: what creates (POST, PUT) before what reads (GET), updates (PATCH) and deletes."""
+        """When it runs: what creates (POST, PUT) before what reads (GET), updates (PATCH) and deletes,
+        and what acts on the service itself after all of them."""
+        if acts_on_service(self.route.path if self.route is not None else urlsplit(self.url).path):
+            return LAST_PHASE
         return PHASES.get(self.route.method if self.route is not None else self.method, 1)
 
 
@@ -375,7 +381,9 @@ async def run_calls(calls: list[SmokeCall], limits: Limits, check: Callable[[], 
 
             waiting = [i for i, call in enumerate(calls) if call.after is not None]
             for phase in sorted({call.phase for call in calls}):
-                await run([i for i, call in enumerate(calls) if call.after is None and call.phase == phase])
+                now = [i for i, call in enumerate(calls) if call.after is None and call.phase == phase]
+                for batch in ([[i] for i in now] if phase == LAST_PHASE else [now]):
+                    await run(batch)
                 while True:
                     ready = [i for i in waiting if results[calls[i].after] is not None and calls[i].phase <= phase]
                     if not ready:

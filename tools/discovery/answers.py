@@ -6,7 +6,8 @@ that it is ready, and what media type the routes whose spec says only "JSON" rea
   to answer 2xx before it serves a call (tools/runtime/launcher.py). A Gradio app: its `/config`.
 - `real_kinds`: GET routes without parameters whose spec says JSON (FastAPI says it of every route
   without a response model: `/metrics`, `/healthz`, Swagger UI pages) are asked once, headers only;
-  a text or HTML answer is recorded as such.
+  a text or HTML answer is recorded as such. Never a route that acts on the service itself
+  (`routes.acts_on_service`: SGLang answers GET /flush_cache and /start_profile).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Callable, Iterable
 from urllib.parse import urlsplit
 
 from tools.discovery.openapi import classify_media, media_type
-from tools.runtime.routes import Route
+from tools.runtime.routes import Route, acts_on_service
 
 # Readiness paths, most specific first: readiness proper, then health, then an LLM server's model list.
 READY_CANDIDATES = ("/v2/health/ready", "/readyz", "/ready", "/healthz", "/health", "/v1/models")
@@ -84,7 +85,7 @@ def real_kinds(base_url: str, routes: list[Route], head: Head = head_of) -> list
     it really answers, when that is not JSON (text, HTML, a stream, bytes)."""
     base = base_url.rstrip("/")
     asked = [route for route in routes if route.method == "GET" and not route.path_params
-             and route.response_kind == "json" and route.source == "openapi"]
+             and route.response_kind == "json" and route.source == "openapi" and not acts_on_service(route.path)]
     answers = _ask(head, (base + route.upstream_path for route in asked))
     out = []
     for route in routes:
