@@ -267,6 +267,24 @@ def test_validate_warns_about_response_headers_no_caller_gets_on_chutes(home, tm
     assert "(on Chutes without its header(s) Content-Disposition, X-Request-Id" in result.stdout
 
 
+def test_validate_warns_about_routes_that_act_on_the_service_itself(home, tmp_path):
+    """An admin route (SGLang's /flush_cache, an unload) is callable by every caller of a deployed
+    chute, and one that stops the service fails the calls after it: --validate names each."""
+    example_copy(tmp_path / "deploy_admin.py")
+    (tmp_path / "deploy_admin.routes.json").write_text(json.dumps({"version": 3, "routes": [
+        {"path": "/flush_cache", "method": "GET", "port": 8020, "request": {"kind": "none"}},
+        {"path": "/v2/repository/models/{model_name}/unload", "method": "POST", "port": 8020,
+         "request": {"kind": "json"}, "path_params": ["model_name"]},
+        {"path": "/starter", "method": "GET", "port": 8020, "request": {"kind": "none"}},
+    ]}))
+    result = run("--validate", "deploy_admin", env=clean_env(home), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    warnings = [line for line in result.stdout.splitlines() if line.startswith("warning:")]
+    assert [w.split()[1:3] for w in warnings] == [["GET", "/flush_cache"],
+                                                 ["POST", "/v2/repository/models/{model_name}/unload"]], result.stdout
+    assert all("acts on the service itself" in w and "remove it from deploy_admin.routes.json" in w for w in warnings)
+
+
 @pytest.mark.parametrize(
     "source, message",
     [

@@ -13,6 +13,7 @@ from tools.runtime.constants import DEFAULT_CHUTE_PORT
 from tools.cord_table import cord_table, cords_of
 from tools.runtime.errors import WrapperError, run_cli
 from tools.runtime.registration import Plan
+from tools.runtime.routes import acts_on_service
 
 DEV_URL = f"http://127.0.0.1:{DEFAULT_CHUTE_PORT}"  # where ./deploy.sh --run serves the cords by default
 
@@ -48,6 +49,23 @@ def header_warnings(plans: list[Plan]) -> list[str]:
     return lines
 
 
+def action_warnings(plans: list[Plan], manifest: str) -> list[str]:
+    """One warning per served route that acts on the service itself (routes.acts_on_service): on
+    Chutes every caller of the chute can call it, and a call that stops the service or drops its
+    model fails the calls after it, each an instance failure (seven in a row delete the instance)."""
+    lines, seen = [], set()
+    for plan in plans:
+        routes = [cord.route for cord in plan.registered]
+        routes += [target.route for cord in plan.cords if cord.kind == "catch-all" for target in cord.templates]
+        for route in routes:
+            if acts_on_service(route.path) and (route.method, route.path, route.port) not in seen:
+                seen.add((route.method, route.path, route.port))
+                lines.append(f"warning:   {route.method} {route.path} acts on the service itself: on Chutes any caller "
+                             f"can call it, and the calls after one that stops the service or drops its model fail "
+                             f"the instance; remove it from {manifest} unless callers need it")
+    return lines
+
+
 def gradio_hint_of(module) -> str | None:
     """Evidence that the module wraps a Gradio app without exposing a function (tools/discovery/gradio.py)."""
     from tools.discovery.gradio import gradio_hint
@@ -79,7 +97,7 @@ def validate(config: ValidateConfig) -> int:
     print(f"manifest:  {module.manifest_source()}")
     for plan in plans_of(chute):
         print("\n".join(plan_lines(plan)))
-    for line in header_warnings(plans_of(chute)):
+    for line in header_warnings(plans_of(chute)) + action_warnings(plans_of(chute), module.manifest_path.name):
         print(line)
     hint = gradio_hint_of(module)
     if hint:
