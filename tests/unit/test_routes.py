@@ -191,7 +191,8 @@ def test_written_manifest_reads_back_identically(tmp_path):
 @pytest.mark.parametrize("path, acts", [
     ("/flush_cache", True), ("/start_profile", True), ("/stop-profile", True), ("/flushCache", True),
     ("/SHUTDOWN", True), ("/v2/repository/models/{model_name}/unload", True), ("/sleep", True),
-    ("/release_memory_occupation", True), ("/reset_prefix_cache", True),
+    ("/release_memory_occupation", True), ("/reset_prefix_cache", True), ("/v1/__flush__", True),
+    ("/v1/__heartbeat__", False),
     ("/starter", False), ("/is_sleeping", False), ("/items/{stop}", False), ("/v1/chat/completions", False),
     ("/api/startup", False), ("/Stopwatch", False), ("/health", False),
 ])

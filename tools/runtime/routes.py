@@ -48,22 +48,26 @@ def extension_for(content_type: str | None) -> str:
 # Words that name an action on the service itself rather than a request to it: calling such a route
 # can stop the service, put it to sleep, drop its model or empty its cache (SGLang's GET /flush_cache,
 # /start_profile and /release_memory_occupation, vLLM's POST /sleep, MLServer's and Triton's
-# .../unload). `--smoke` calls those routes after all others, one at a time; discovery never asks
-# one (a GET is "safe" only by convention, RFC 9110 §9.2.1).
+# .../unload, kinto's POST /__flush__, which empties its whole database). `--smoke` calls those
+# routes after all others, one at a time; discovery never asks one (a GET is "safe" only by
+# convention, RFC 9110 §9.2.1).
 SERVICE_ACTIONS = frozenset({
     "abort", "clear", "destroy", "disable", "drain", "evict", "exit", "flush", "kill", "offload", "pause",
     "purge", "quit", "release", "reload", "reset", "restart", "shutdown", "sleep", "start", "stop",
     "suspend", "terminate", "unload", "wipe",
 })
-_FIRST_WORD_RE = re.compile(r"[A-Z]+(?![a-z])|[A-Za-z][a-z]*")  # flush_cache, flushCache, FlushCache, FLUSH
+# the first word of a segment: flush_cache, flushCache, FlushCache, FLUSH, kinto's __flush__
+_FIRST_WORD_RE = re.compile(r"[^A-Za-z]*([A-Z]+(?![a-z])|[A-Za-z][a-z]*)")
 
 
 def acts_on_service(path: str) -> bool:
     """Whether a literal segment of `path` begins with one of SERVICE_ACTIONS (`/flush_cache`,
     `/v2/repository/models/{name}/unload`, `/stop-profile`, `/flushCache`; not `/starter`, `/items/{id}`)."""
     for segment in path.split("/"):
-        first = _FIRST_WORD_RE.match(segment)  # a parameter, `{stop}`, starts with no word
-        if first and first.group().lower() in SERVICE_ACTIONS:
+        if segment.startswith("{"):  # a parameter, `{stop}`: no word of the route's
+            continue
+        first = _FIRST_WORD_RE.match(segment)
+        if first and first.group(1).lower() in SERVICE_ACTIONS:
             return True
     return False
 
