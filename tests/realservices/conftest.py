@@ -303,16 +303,22 @@ def chute_runner(request) -> Iterator[Callable[..., ChuteRunner]]:
 
 
 def chute_document(module: Path, runner: ChuteRunner) -> dict:
-    """The chute's API document: as the local gateway serves it (GET /openapi.json), or, behind the dev
-    server (which has none), as `deploy.sh --openapi` builds it from the same plan."""
+    """The chute's API document, checked by a real OpenAPI validator (tests/support/openapi_check.py):
+    as the local gateway serves it (GET /openapi.json), or, behind the dev server (which has none), as
+    `deploy.sh --openapi` builds it from the same plan."""
+    from tests.support.openapi_check import check_document
+
     if runner.name == "gateway":
         answer = requests.get(runner.base_url + "/openapi.json", timeout=30)
         assert answer.status_code == 200, answer.text
-        return answer.json()
-    from tools import deploy_module
-    from tools.platform.openapi_doc import build_document
+        document = answer.json()
+    else:
+        from tools import deploy_module
+        from tools.platform.openapi_doc import build_document
 
-    return build_document(deploy_module.load(module, keep=False).chute, local_url=runner.base_url)
+        document = build_document(deploy_module.load(module, keep=False).chute, local_url=runner.base_url)
+    check_document(document)
+    return document
 
 
 # --------------------------------------------------------------------------------------------------

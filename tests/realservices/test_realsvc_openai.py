@@ -180,11 +180,9 @@ def test_the_chutes_api_document_is_valid_and_a_client_generated_from_it_calls_s
     """The chute's API document, read by a real validator and a real client generator
     (openapi-python-client); the generated client calls stubllm through the chute."""
     from tests.support.client_generator import generate_client
-    from tests.support.openapi_check import check_document
 
     _, module, runner = wrapped
-    document = chute_document(module, runner)
-    check_document(document)
+    document = chute_document(module, runner)  # validated there
     assert {"/v1/chat/completions", "/v1/models", "/v1/embeddings"} <= set(document["paths"])
     client_package, _ = generate_client(document, tmp_path_factory.mktemp("llm-client"), f"llm_client_{runner.name}")
     AuthenticatedClient = client_package.AuthenticatedClient

@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 
 import pytest
 from aiohttp import web
 
+from tests.conftest import free_port  # a port nothing listens on
 from tools import chute_wrappers as cw
 from tools.runtime.errors import ManifestError, ServiceError, WrapperError
 from tools.runtime.launcher import resolve_ready_paths
@@ -62,7 +62,7 @@ async def test_an_open_port_is_not_ready_until_its_path_answers_2xx():
 
 async def test_never_ready_is_an_error_with_the_last_answer():
     async with LoadingService() as service:
-        dead = closed_port()
+        dead = free_port()
         with pytest.raises(ServiceError) as info:
             await cw.wait_for_services([service.port, dead], timeout=0.5, interval=0.05,
                                        ready_paths={service.port: "/ready"})
@@ -83,7 +83,7 @@ async def test_without_a_path_an_open_port_is_ready():
 async def test_health_reports_liveness_and_readiness_apart():
     """What the /health cord answers (tests/platform and tests/integration call the cord itself)."""
     async with LoadingService() as service:
-        dead = closed_port()
+        dead = free_port()
         paths = {service.port: "/ready"}
         report = await cw.health_report([service.port, dead], paths)
         assert report["status"] == "unhealthy" and report["live"] is False and report["ready"] is False
@@ -140,14 +140,6 @@ async def test_attach_service_waits_for_the_path_discovery_wrote_beside_the_modu
             await hook()
         service.ready.set()
         await asyncio.wait_for(hook(), LIMIT_S)
-
-
-def closed_port() -> int:
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    sock.close()
-    return port
 
 
 def test_locally_the_service_listens_on_loopback_and_bad_ready_paths_are_module_problems(tmp_path):

@@ -13,7 +13,7 @@ from tools.runtime.constants import DEFAULT_CHUTE_PORT
 from tools.cord_table import cord_table, cords_of
 from tools.runtime.errors import WrapperError, run_cli
 from tools.runtime.registration import Plan
-from tools.runtime.routes import acts_on_service
+from tools.runtime.routes import Route, acts_on_service
 
 DEV_URL = f"http://127.0.0.1:{DEFAULT_CHUTE_PORT}"  # where ./deploy.sh --run serves the cords by default
 
@@ -33,37 +33,32 @@ def plan_lines(plan: Plan) -> list[str]:
     return lines
 
 
+def served_routes(plans: list[Plan]) -> list[Route]:
+    """Every route a caller can reach, by its own cord or the catch-all, once."""
+    routes = {}
+    for plan in plans:
+        for route in [cord.route for cord in plan.registered] + \
+                [target.route for cord in plan.cords if cord.kind == "catch-all" for target in cord.templates]:
+            routes.setdefault((route.method, route.path, route.port), route)
+    return list(routes.values())
+
+
 def header_warnings(plans: list[Plan]) -> list[str]:
     """One warning per served route whose spec declares response headers: the Chutes gateway passes
     only an answer's media type (README, "On Chutes"), so callers of the deployed chute never get them."""
-    lines, seen = [], set()
-    for plan in plans:
-        routes = [cord.route for cord in plan.registered]
-        routes += [target.route for cord in plan.cords if cord.kind == "catch-all" for target in cord.templates]
-        for route in routes:
-            if route.response_headers and (route.method, route.path, route.port) not in seen:
-                seen.add((route.method, route.path, route.port))
-                lines.append(f"warning:   {route.method} {route.path} answers with header(s) "
-                             f"{', '.join(route.response_headers)} (its spec says): on Chutes callers get only the "
-                             "media type of an answer, so put what they need in the body")
-    return lines
+    return [f"warning:   {route.method} {route.path} answers with header(s) {', '.join(route.response_headers)} "
+            "(its spec says): on Chutes callers get only the media type of an answer, so put what they need in the body"
+            for route in served_routes(plans) if route.response_headers]
 
 
 def action_warnings(plans: list[Plan], manifest: str) -> list[str]:
     """One warning per served route that acts on the service itself (routes.acts_on_service): on
     Chutes every caller of the chute can call it, and a call that stops the service or drops its
     model fails the calls after it, each an instance failure (seven in a row delete the instance)."""
-    lines, seen = [], set()
-    for plan in plans:
-        routes = [cord.route for cord in plan.registered]
-        routes += [target.route for cord in plan.cords if cord.kind == "catch-all" for target in cord.templates]
-        for route in routes:
-            if acts_on_service(route.path) and (route.method, route.path, route.port) not in seen:
-                seen.add((route.method, route.path, route.port))
-                lines.append(f"warning:   {route.method} {route.path} acts on the service itself: on Chutes any caller "
-                             f"can call it, and the calls after one that stops the service or drops its model fail "
-                             f"the instance; remove it from {manifest} unless callers need it")
-    return lines
+    return [f"warning:   {route.method} {route.path} acts on the service itself: on Chutes any caller can call it, "
+            "and the calls after one that stops the service or drops its model fail the instance; remove it from "
+            f"{manifest} unless callers need it"
+            for route in served_routes(plans) if acts_on_service(route.path)]
 
 
 def gradio_hint_of(module) -> str | None:
@@ -95,9 +90,10 @@ def validate(config: ValidateConfig) -> int:
     print(f"image:     {image_text}")
     print(f"ports:     {', '.join(str(p) for p in module.ports())}")
     print(f"manifest:  {module.manifest_source()}")
-    for plan in plans_of(chute):
+    plans = plans_of(chute)
+    for plan in plans:
         print("\n".join(plan_lines(plan)))
-    for line in header_warnings(plans_of(chute)) + action_warnings(plans_of(chute), module.manifest_path.name):
+    for line in header_warnings(plans) + action_warnings(plans, module.manifest_path.name):
         print(line)
     hint = gradio_hint_of(module)
     if hint:

@@ -19,7 +19,7 @@ from typing import Any, Iterable
 
 from tools.cord_table import catch_all_example, chutes_url
 from tools.runtime.cords.request import QUERY_SCHEMA, kind_of
-from tools.runtime.registration import CordPlan
+from tools.runtime.registration import CordPlan, unique_name
 from tools.runtime.routes import BODY_METHODS, Route
 from tools.runtime.sdk.chute import CordView, cord_views, owner, unwrap
 
@@ -80,7 +80,7 @@ def build_document(chute: Any, *, public_url: str | None = None, local_url: str 
     used: set[str] = set()
     for view in cord_views(chute):
         operation = _operation(view, document["components"]["schemas"])
-        operation["operationId"] = _unique(f"{view.method.lower()}_{_slug(view.public_path)}", used)
+        operation["operationId"] = unique_name(f"{view.method.lower()}_{_slug(view.public_path)}", used)
         operation["responses"].update({status: {"$ref": f"#/components/responses/{name}"}
                                        for status, (name, _) in ERROR_RESPONSES.items()})
         document["paths"].setdefault(view.public_path, {})[view.method.lower()] = operation
@@ -94,14 +94,6 @@ def _version(chute: Any) -> str:
 
 def _slug(path: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", path.lower()).strip("_") or "root"
-
-
-def _unique(name: str, used: set[str]) -> str:
-    base, suffix = name, 2
-    while name in used:
-        name, suffix = f"{base}_{suffix}", suffix + 1
-    used.add(name)
-    return name
 
 
 # --------------------------------------------------------------------------------------------------

@@ -220,7 +220,8 @@ def parse_overrides(overrides: Mapping[str, Any] | None, routes: list[Route]) ->
     return parsed
 
 
-def _unique(name: str, used: set[str]) -> str:
+def unique_name(name: str, used: set[str]) -> str:
+    """`name`, or `name_2`, `name_3`, ... if taken; recorded in `used`."""
     base, suffix = name, 2
     while name in used:
         name, suffix = f"{base}_{suffix}", suffix + 1
@@ -292,7 +293,7 @@ def plan(
             if key in taken:
                 result.skipped.append(Skip(route, f"{route.method} {public} is already registered"))
                 continue
-        name = _unique(route.function_name or function_name_for(route, public), names)
+        name = unique_name(route.function_name or function_name_for(route, public), names)
         cord = CordPlan(
             public_path=public,
             method=route.method,

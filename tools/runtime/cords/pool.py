@@ -57,20 +57,19 @@ async def resend_on_stale(request: ClientRequest, handler: ClientHandlerType) ->
     resends idempotent methods once itself; this resends the others, as browsers do (a reused
     connection that closes before any answer byte: the server has not taken the request), at most
     STALE_RESENDS times and never after a fresh connection failed (that one the service did see)."""
-    if request.method in IDEMPOTENT:
-        return await handler(request)
-    for attempt in range(STALE_RESENDS + 1):
-        token = _reused.set(False)
-        try:
-            return await handler(request)
-        except aiohttp.ClientError as exc:
-            if not (_reused.get() and _stale(exc)) or attempt == STALE_RESENDS:
-                raise
-            logger.debug(f"{request.method} {request.url.path}: its kept-alive connection was closed "
-                         f"({type(exc).__name__}); sending it again")
-        finally:
-            _reused.reset(token)
-    raise AssertionError("unreachable")
+    if request.method not in IDEMPOTENT:
+        for _ in range(STALE_RESENDS):
+            token = _reused.set(False)
+            try:
+                return await handler(request)
+            except aiohttp.ClientError as exc:
+                if not (_reused.get() and _stale(exc)):
+                    raise
+                logger.debug(f"{request.method} {request.url.path}: its kept-alive connection was closed "
+                             f"({type(exc).__name__}); sending it again")
+            finally:
+                _reused.reset(token)
+    return await handler(request)
 
 
 class UpstreamPool:
